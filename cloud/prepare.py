@@ -1,0 +1,187 @@
+"""From cleaned Favorita rows to the model's training and validation arrays.
+
+The daily grid (every store×item pair × every day, missing days = zero sales) becomes a matrix of
+log1p sales. Each row is encoded with :func:`models.features.encode`, the same function the agent
+calls, from a lag window that ends ``offset`` days before the row's date:
+
+* validation rows use windows ending the day before the validation split starts (offsets 1…N), which
+  is exactly what an agent does when it predicts the days after the last sales it knows;
+* training rows cycle through the same offsets, so the model learns to forecast 1…N days ahead.
+
+The split is by time, like the lecture's splitter: the last ``validation_days`` days validate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.contract import LAG_WINDOW_DAYS
+from models.features import Encoded, SalesState, Tables, encode, target_transform
+
+__all__ = ["SalesMatrix", "Split", "Prepared", "sales_matrix", "build_tables", "prepare", "encode_at"]
+
+logger = logging.getLogger(__name__)
+_CHUNK = 65_536
+
+
+@dataclasses.dataclass(frozen=True)
+class SalesMatrix:
+    """Daily sales of every pair: ``log_sales[p, d]`` = log1p(max(sales, 0)) of pair p on ``dates[d]``."""
+
+    store_nbr: np.ndarray  # int64 [P], sorted by (store, item)
+    item_nbr: np.ndarray  # int64 [P]
+    dates: np.ndarray  # M8[D] [D], consecutive days
+    log_sales: np.ndarray  # float32 [P, D]
+    sales: np.ndarray  # float64 [P, D], cleaned units (returns counted as 0)
+    promo: np.ndarray  # bool [P, D]
+
+    def state(self, end: int | None = None) -> SalesState:
+        """The lag windows of every pair as of day index ``end`` (default: the last day)."""
+        end = len(self.dates) - 1 if end is None else end
+        if end + 1 < LAG_WINDOW_DAYS:
+            raise ValueError(f"need {LAG_WINDOW_DAYS} days of history, have {end + 1}")
+        window = np.ascontiguousarray(self.log_sales[:, end + 1 - LAG_WINDOW_DAYS : end + 1])
+        return SalesState(self.store_nbr.copy(), self.item_nbr.copy(), window, self.dates[end])
+
+
+def sales_matrix(grid: pd.DataFrame) -> SalesMatrix:
+    """Reshape a dense daily grid sorted by (store_nbr, item_nbr, date) into a :class:`SalesMatrix`."""
+    dates = np.unique(grid["date"].to_numpy().astype("M8[D]"))
+    n_days = len(dates)
+    if n_days == 0 or len(grid) % n_days:
+        raise ValueError("the daily grid must hold every pair on every day")
+    if np.any(np.diff(dates).astype(np.int64) != 1):
+        raise ValueError("the daily grid must cover consecutive days")
+    n_pairs = len(grid) // n_days
+    stores = grid["store_nbr"].to_numpy(np.int64).reshape(n_pairs, n_days)
+    items = grid["item_nbr"].to_numpy(np.int64).reshape(n_pairs, n_days)
+    sales = np.maximum(grid["unit_sales"].to_numpy(np.float64), 0.0).reshape(n_pairs, n_days)
+    promo = grid["onpromotion"].fillna(False).to_numpy(bool).reshape(n_pairs, n_days)
+    return SalesMatrix(
+        store_nbr=stores[:, 0].copy(),
+        item_nbr=items[:, 0].copy(),
+        dates=dates,
+        log_sales=target_transform(sales).reshape(n_pairs, n_days),
+        sales=sales,
+        promo=promo,
+    )
+
+
+def build_tables(stores: pd.DataFrame, items: pd.DataFrame, holidays: pd.DataFrame, item_nbrs: np.ndarray) -> Tables:
+    """Lookup tables for the bundle: the stores, the items the model has seen, every holiday."""
+    items = items[items["item_nbr"].isin(item_nbrs)]
+    hol = holidays.copy()
+    hol["date"] = pd.to_datetime(hol["date"]).dt.strftime("%Y-%m-%d")
+    return Tables.from_records(
+        stores=stores.to_dict("records"), items=items.to_dict("records"), holidays=hol.to_dict("records")
+    )
+
+
+def encode_at(
+    tables: Tables, m: SalesMatrix, pair: np.ndarray, day: np.ndarray, window_end: np.ndarray
+) -> Encoded:
+    """Encode rows (pair index, day index) with lag windows ending on day index ``window_end``."""
+    cats, nums = [], []
+    offsets = np.arange(LAG_WINDOW_DAYS) - (LAG_WINDOW_DAYS - 1)
+    for lo in range(0, len(pair), _CHUNK):
+        p, d, e = pair[lo : lo + _CHUNK], day[lo : lo + _CHUNK], window_end[lo : lo + _CHUNK]
+        windows = m.log_sales[p[:, None], e[:, None] + offsets[None, :]]
+        enc = encode(
+            tables,
+            dates=m.dates[d],
+            store_nbr=m.store_nbr[p],
+            item_nbr=m.item_nbr[p],
+            onpromotion=m.promo[p, d],
+            windows=windows,
+            window_end=m.dates[e],
+        )
+        cats.append(enc.cat)
+        nums.append(enc.num)
+    return Encoded(cat=np.concatenate(cats), num=np.concatenate(nums))
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Encoded rows of one split with their targets and what the baselines need."""
+
+    x: Encoded
+    y: np.ndarray  # float32 log1p target
+    sales: np.ndarray  # float64 units (cleaned)
+    perishable: np.ndarray  # bool
+    pair: np.ndarray  # pair index into the matrix
+    day: np.ndarray  # day index into the matrix
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    matrix: SalesMatrix
+    tables: Tables
+    train: Split
+    valid: Split
+    train_window: tuple[str, str]
+    valid_window: tuple[str, str]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "pairs": int(len(self.matrix.store_nbr)),
+            "train_rows": len(self.train),
+            "valid_rows": len(self.valid),
+            "train_window": self.train_window,
+            "valid_window": self.valid_window,
+        }
+
+
+def prepare(
+    grid: pd.DataFrame,
+    stores: pd.DataFrame,
+    items: pd.DataFrame,
+    holidays: pd.DataFrame,
+    *,
+    validation_days: int,
+    train_days: int,
+) -> Prepared:
+    """Encode a dense daily grid into train and validation splits (validation = the last days)."""
+    m = sales_matrix(grid)
+    n_days = len(m.dates)
+    horizon = validation_days
+    first_target = LAG_WINDOW_DAYS - 1 + horizon  # earliest day with a full window at every offset
+    valid_start = n_days - validation_days
+    train_start = max(first_target, valid_start - train_days)
+    if valid_start - train_start < 7:
+        need = LAG_WINDOW_DAYS + horizon + validation_days + 7
+        raise ValueError(f"not enough days of data: have {n_days}, need at least {need}")
+    tables = build_tables(stores, items, holidays, m.item_nbr)
+    perishable_by_pair = tables.perishable[np.maximum(tables.item_index(m.item_nbr), 0)].astype(bool)
+    n_pairs = len(m.store_nbr)
+
+    def split(day_lo: int, day_hi: int, window_end: np.ndarray | None) -> Split:
+        days = np.arange(day_lo, day_hi)
+        pair = np.repeat(np.arange(n_pairs), len(days))
+        day = np.tile(days, n_pairs)
+        if window_end is None:  # training: cycle offsets 1..horizon
+            end = day - 1 - ((day + pair) % horizon)
+        else:
+            end = np.full_like(day, window_end)
+        x = encode_at(tables, m, pair, day, end)
+        return Split(x, m.log_sales[pair, day], m.sales[pair, day], perishable_by_pair[pair], pair, day)
+
+    train = split(train_start, valid_start, None)
+    valid = split(valid_start, n_days, np.int64(valid_start - 1))
+    fmt = lambda i: str(m.dates[i])  # noqa: E731
+    logger.info("prepared %d train and %d validation rows over %d pairs", len(train), len(valid), n_pairs)
+    return Prepared(
+        matrix=m,
+        tables=tables,
+        train=train,
+        valid=valid,
+        train_window=(fmt(train_start), fmt(valid_start - 1)),
+        valid_window=(fmt(valid_start), fmt(n_days - 1)),
+    )

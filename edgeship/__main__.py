@@ -1,0 +1,3 @@
+from edgeship.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Broker addresses and paho clients configured the one way edgeship uses them.
+
+MQTT 3.1.1 (``MQTTv311``) with paho's ``CallbackAPIVersion.VERSION2``; credentials come from the
+environment (``EDGESHIP_MQTT_USERNAME`` / ``EDGESHIP_MQTT_PASSWORD``), never from the command line.
+
+>>> BrokerURL.parse("mqtt://127.0.0.1:1883")
+BrokerURL(scheme='mqtt', host='127.0.0.1', port=1883)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+
+__all__ = ["BrokerURL", "new_client"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerURL:
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerURL:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError(f"broker URL {url!r}: host is missing")
+        if parts.username or parts.password:
+            raise ValueError(
+                f"broker URL {url!r}: put credentials in EDGESHIP_MQTT_USERNAME / EDGESHIP_MQTT_PASSWORD, not the URL"
+            )
+        try:
+            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        except ValueError as exc:
+            raise ValueError(f"broker URL {url!r}: port must be a number 1-65535") from exc
+        return cls(parts.scheme, parts.hostname, port)
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "mqtts"
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def new_client(client_id: str, url: BrokerURL, *, clean_session: bool = True) -> mqtt.Client:
+    """A paho client for ``url``: MQTT 3.1.1, VERSION2 callbacks, TLS and credentials if configured.
+
+    Connect it yourself (after ``will_set``) with ``client.connect(url.host, url.port)``.
+    """
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+        clean_session=clean_session,
+    )
+    user = os.environ.get("EDGESHIP_MQTT_USERNAME")
+    if user:
+        client.username_pw_set(user, os.environ.get("EDGESHIP_MQTT_PASSWORD"))
+    if url.tls:
+        client.tls_set(
+            ca_certs=os.environ.get("EDGESHIP_MQTT_CA") or None,
+            certfile=os.environ.get("EDGESHIP_MQTT_CERT") or None,
+            keyfile=os.environ.get("EDGESHIP_MQTT_KEY") or None,
+        )
+
+    def _nodelay(_client: mqtt.Client, _userdata: object, sock: socket.socket) -> None:
+        # Neither paho nor Mosquitto sets TCP_NODELAY: without it small acks wait ~40 ms.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+    client.on_socket_open = _nodelay
+    return client

@@ -1,0 +1,350 @@
+"""Pure feature encoding, called by the trainer and by the agent alike.
+
+No I/O, no pandas, no TensorFlow: numpy arrays in, numpy arrays out. The trainer calls
+:func:`encode` on millions of rows at once; the agent calls it on the rows of one request, with
+the lag windows taken from the :class:`SalesState` shipped in the bundle. Both sides therefore feed
+the model identical numbers for identical rows (``tests/unit/test_features.py`` holds the golden
+vectors that prove it).
+
+>>> import numpy as np
+>>> tables = Tables.from_records(
+...     stores=[{"store_nbr": 1, "city": "Quito", "state": "Pichincha", "type": "D", "cluster": 13}],
+...     items=[{"item_nbr": 103520, "family": "GROCERY I", "class": 1028, "perishable": 0}],
+...     holidays=[],
+... )
+>>> enc = encode(tables, dates=np.array(["2017-08-16"], "M8[D]"), store_nbr=np.array([1]),
+...              item_nbr=np.array([103520]), onpromotion=np.array([False]),
+...              windows=np.zeros((1, LAG_WINDOW_DAYS), np.float32),
+...              window_end=np.datetime64("2017-08-15"))
+>>> enc.cat.shape, enc.num.shape
+((1, 8), (1, 12))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from models.contract import CAT_FEATURES, LAG_WINDOW_DAYS, NUM_FEATURES
+
+__all__ = [
+    "Encoded",
+    "Tables",
+    "SalesState",
+    "encode",
+    "lag_features",
+    "target_transform",
+    "target_inverse",
+    "HOLIDAY_TYPES",
+]
+
+#: Holiday types that close or change trading (``Work Day`` is handled apart).
+HOLIDAY_TYPES = frozenset({"Holiday", "Transfer", "Additional", "Bridge", "Event"})
+_KEY_SHIFT = 4096  # date-key packing: day * 4096 + place index (cities/states < 4096)
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """The model's two inputs: ``cat`` int32 [N, 8] and ``num`` float32 [N, 12]."""
+
+    cat: np.ndarray
+    num: np.ndarray
+
+    def as_feed(self) -> dict[str, np.ndarray]:
+        return {"cat": self.cat, "num": self.num}
+
+    def __len__(self) -> int:
+        return int(self.cat.shape[0])
+
+
+def _vocab(values: Iterable[Any]) -> list[str]:
+    return sorted({str(v) for v in values})
+
+
+def _index(vocab: list[str], values: Iterable[Any]) -> np.ndarray:
+    lookup = {v: i + 1 for i, v in enumerate(vocab)}  # 0 = unknown
+    return np.array([lookup.get(str(v), 0) for v in values], dtype=np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tables:
+    """Lookup tables shipped in the bundle: stores, items, holidays and their vocabularies.
+
+    Built once by the trainer from stores.csv, items.csv and holidays_events.csv records
+    (:meth:`from_records`), serialised to JSON in the bundle (:meth:`to_json`), read back by the agent.
+    """
+
+    store_nbr: np.ndarray  # int64, sorted
+    store_type: np.ndarray  # int32 index per store (into vocab["store_type"], 1-based)
+    cluster: np.ndarray
+    city: np.ndarray
+    state: np.ndarray
+    item_nbr: np.ndarray  # int64, sorted
+    family: np.ndarray
+    item_class: np.ndarray
+    perishable: np.ndarray  # int8 0/1
+    vocab: dict[str, list[str]]
+    national_days: np.ndarray  # int64 days since epoch of national holidays
+    workdays: np.ndarray
+    regional_keys: np.ndarray  # day * 4096 + state index
+    local_keys: np.ndarray  # day * 4096 + city index
+    calendar_start: str  # first and last day the holiday calendar covers (ISO)
+    calendar_end: str
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_records(
+        cls,
+        *,
+        stores: Iterable[Mapping[str, Any]],
+        items: Iterable[Mapping[str, Any]],
+        holidays: Iterable[Mapping[str, Any]],
+    ) -> Tables:
+        stores = sorted(stores, key=lambda r: int(r["store_nbr"]))
+        items = sorted(items, key=lambda r: int(r["item_nbr"]))
+        holidays = list(holidays)
+        vocab = {
+            "store_type": _vocab(r["type"] for r in stores),
+            "cluster": _vocab(int(r["cluster"]) for r in stores),
+            "city": _vocab(r["city"] for r in stores),
+            "state": _vocab(r["state"] for r in stores),
+            "family": _vocab(r["family"] for r in items),
+            "item_class": _vocab(int(r["class"]) for r in items),
+        }
+        city_idx = {v: i + 1 for i, v in enumerate(vocab["city"])}
+        state_idx = {v: i + 1 for i, v in enumerate(vocab["state"])}
+        national, workdays, regional, local, days = [], [], [], [], []
+        for h in holidays:
+            day = int(np.datetime64(str(h["date"])[:10], "D").astype(np.int64))
+            days.append(day)
+            transferred = h.get("transferred") in (True, "True", "true", 1)
+            kind, locale, name = str(h["type"]), str(h["locale"]), str(h["locale_name"])
+            if kind == "Work Day":
+                workdays.append(day)
+            elif kind in HOLIDAY_TYPES and not transferred:
+                if locale == "National":
+                    national.append(day)
+                elif locale == "Regional" and name in state_idx:
+                    regional.append(day * _KEY_SHIFT + state_idx[name])
+                elif locale == "Local" and name in city_idx:
+                    local.append(day * _KEY_SHIFT + city_idx[name])
+        epoch = np.datetime64("1970-01-01", "D")
+        return cls(
+            store_nbr=np.array([int(r["store_nbr"]) for r in stores], dtype=np.int64),
+            store_type=_index(vocab["store_type"], (r["type"] for r in stores)),
+            cluster=_index(vocab["cluster"], (int(r["cluster"]) for r in stores)),
+            city=_index(vocab["city"], (r["city"] for r in stores)),
+            state=_index(vocab["state"], (r["state"] for r in stores)),
+            item_nbr=np.array([int(r["item_nbr"]) for r in items], dtype=np.int64),
+            family=_index(vocab["family"], (r["family"] for r in items)),
+            item_class=_index(vocab["item_class"], (int(r["class"]) for r in items)),
+            perishable=np.array([int(r["perishable"]) for r in items], dtype=np.int8),
+            vocab=vocab,
+            national_days=np.unique(np.array(national, dtype=np.int64)),
+            workdays=np.unique(np.array(workdays, dtype=np.int64)),
+            regional_keys=np.unique(np.array(regional, dtype=np.int64)),
+            local_keys=np.unique(np.array(local, dtype=np.int64)),
+            calendar_start=str(epoch + min(days)) if days else "",
+            calendar_end=str(epoch + max(days)) if days else "",
+        )
+
+    # -- lookups ----------------------------------------------------------------------------
+    def store_index(self, store_nbr: np.ndarray) -> np.ndarray:
+        """0-based row in the store table for each store number; -1 where unknown."""
+        return _find(self.store_nbr, np.asarray(store_nbr, dtype=np.int64))
+
+    def item_index(self, item_nbr: np.ndarray) -> np.ndarray:
+        """0-based row in the item table for each item number; -1 where unknown."""
+        return _find(self.item_nbr, np.asarray(item_nbr, dtype=np.int64))
+
+    def cardinalities(self) -> dict[str, int]:
+        """Embedding input sizes (vocabulary + 1 for "unknown") per categorical feature."""
+        return {
+            "store": len(self.store_nbr) + 1,
+            "item": len(self.item_nbr) + 1,
+            "family": len(self.vocab["family"]) + 1,
+            "item_class": len(self.vocab["item_class"]) + 1,
+            "store_type": len(self.vocab["store_type"]) + 1,
+            "cluster": len(self.vocab["cluster"]) + 1,
+            "city": len(self.vocab["city"]) + 1,
+            "dow": 8,
+        }
+
+    # -- serialisation ----------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.tolist() if isinstance(v, np.ndarray) else v
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Tables:
+        kwargs: dict[str, Any] = {}
+        dtypes = {"store_nbr": np.int64, "item_nbr": np.int64, "perishable": np.int8}
+        for f in dataclasses.fields(cls):
+            v = data[f.name]
+            if f.name in ("vocab", "calendar_start", "calendar_end"):
+                kwargs[f.name] = v
+            elif f.name.endswith(("_days", "_keys")) or f.name == "workdays":
+                kwargs[f.name] = np.array(v, dtype=np.int64)
+            else:
+                kwargs[f.name] = np.array(v, dtype=dtypes.get(f.name, np.int32))
+        return cls(**kwargs)
+
+
+def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    pos = np.searchsorted(sorted_keys, keys)
+    pos_c = np.minimum(pos, max(len(sorted_keys) - 1, 0))
+    found = (len(sorted_keys) > 0) & (sorted_keys[pos_c] == keys) if len(sorted_keys) else np.zeros(keys.shape, bool)
+    return np.where(found, pos_c, -1).astype(np.int64)
+
+
+@dataclasses.dataclass
+class SalesState:
+    """Recent daily sales per store×item: the lag windows the agent encodes requests with.
+
+    ``window[p]`` holds log1p(unit_sales) of pair ``p`` for the :data:`LAG_WINDOW_DAYS` days ending
+    on ``end_date`` (inclusive, oldest first).
+    """
+
+    store_nbr: np.ndarray  # int64 [P], pairs sorted by (store_nbr, item_nbr)
+    item_nbr: np.ndarray  # int64 [P]
+    window: np.ndarray  # float32 [P, LAG_WINDOW_DAYS]
+    end_date: np.datetime64  # day of the last column
+
+    def __post_init__(self) -> None:
+        self._keys = _pair_key(self.store_nbr, self.item_nbr)
+        if len(self._keys) > 1 and not np.all(np.diff(self._keys) > 0):
+            raise ValueError("SalesState pairs must be unique and sorted by (store_nbr, item_nbr)")
+        if self.window.shape != (len(self._keys), LAG_WINDOW_DAYS):
+            raise ValueError(f"window must have shape (pairs, {LAG_WINDOW_DAYS}), got {self.window.shape}")
+
+    def pair_index(self, store_nbr: np.ndarray, item_nbr: np.ndarray) -> np.ndarray:
+        """Row of each (store, item) pair; -1 where the model has no history for it."""
+        return _find(self._keys, _pair_key(store_nbr, item_nbr))
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez_compressed(
+            buf,
+            store_nbr=self.store_nbr,
+            item_nbr=self.item_nbr,
+            window=self.window.astype(np.float32),
+            end_date=np.array(str(self.end_date)),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SalesState:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return cls(
+                store_nbr=z["store_nbr"].astype(np.int64),
+                item_nbr=z["item_nbr"].astype(np.int64),
+                window=z["window"].astype(np.float32),
+                end_date=np.datetime64(str(z["end_date"]), "D"),
+            )
+
+
+def _pair_key(store_nbr: np.ndarray, item_nbr: np.ndarray) -> np.ndarray:
+    return np.asarray(store_nbr, dtype=np.int64) * (1 << 32) + np.asarray(item_nbr, dtype=np.int64)
+
+
+def target_transform(unit_sales: np.ndarray) -> np.ndarray:
+    """What the model learns: log1p of sales, returns (negative sales) counted as zero."""
+    return np.log1p(np.maximum(np.asarray(unit_sales, dtype=np.float64), 0.0)).astype(np.float32)
+
+
+def target_inverse(y: np.ndarray) -> np.ndarray:
+    """Model output back to units; never negative."""
+    return np.maximum(np.expm1(np.asarray(y, dtype=np.float64)), 0.0)
+
+
+def lag_features(windows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Lag features [N, 4] from sales windows [N, 56] ending ``offsets`` days before the target.
+
+    ``offsets`` is ≥ 1: 1 means the window ends the day before the target day (the trainer's case);
+    larger means the agent predicts further ahead of its last known sales.
+    """
+    w = np.asarray(windows, dtype=np.float64)
+    n = w.shape[0]
+    offsets = np.broadcast_to(np.asarray(offsets, dtype=np.int64), (n,))
+    out = np.empty((n, 4), dtype=np.float64)
+    out[:, 0] = w[:, -7:].mean(axis=1)
+    out[:, 1] = w[:, -28:].mean(axis=1)
+    out[:, 2] = (w[:, -28:] <= 0.0).mean(axis=1)
+    # Same weekday as the target: j days before the window end, with (j + offset) % 7 == 0.
+    first = (-offsets) % 7
+    cols = LAG_WINDOW_DAYS - 1 - (first[:, None] + 7 * np.arange(LAG_WINDOW_DAYS // 7)[None, :])
+    out[:, 3] = np.take_along_axis(w, cols, axis=1).mean(axis=1)
+    return out.astype(np.float32)
+
+
+def encode(
+    tables: Tables,
+    *,
+    dates: np.ndarray,
+    store_nbr: np.ndarray,
+    item_nbr: np.ndarray,
+    onpromotion: np.ndarray,
+    windows: np.ndarray,
+    window_end: np.ndarray | np.datetime64,
+) -> Encoded:
+    """Encode rows into the model's inputs. Unknown stores or items encode as index 0.
+
+    ``windows`` [N, 56] are the rows' lag windows (log1p sales), ending on ``window_end`` (one date
+    for all rows, or one per row), which must be before each row's date.
+    """
+    days = np.asarray(dates, dtype="M8[D]")
+    n = days.shape[0]
+    day_num = days.astype(np.int64)
+    offsets = day_num - np.broadcast_to(np.asarray(window_end, dtype="M8[D]"), (n,)).astype(np.int64)
+    if n and offsets.min() < 1:
+        raise ValueError("every row's date must be after its lag window's end")
+
+    s = tables.store_index(store_nbr)
+    i = tables.item_index(item_nbr)
+    s_ok, i_ok = s >= 0, i >= 0
+
+    def by_store(col: np.ndarray) -> np.ndarray:
+        return np.where(s_ok, col[np.maximum(s, 0)] if len(col) else 0, 0).astype(np.int32)
+
+    def by_item(col: np.ndarray) -> np.ndarray:
+        return np.where(i_ok, col[np.maximum(i, 0)] if len(col) else 0, 0).astype(np.int32)
+
+    dow = ((day_num + 3) % 7).astype(np.int32)  # 1970-01-01 was a Thursday; Monday = 0
+    city, state = by_store(tables.city), by_store(tables.state)
+    cat = np.stack(
+        [
+            np.where(s_ok, s + 1, 0).astype(np.int32),
+            np.where(i_ok, i + 1, 0).astype(np.int32),
+            by_item(tables.family),
+            by_item(tables.item_class),
+            by_store(tables.store_type),
+            by_store(tables.cluster),
+            city,
+            dow + 1,
+        ],
+        axis=1,
+    ).astype(np.int32)
+
+    month_start = days.astype("M8[M]").astype("M8[D]")
+    day_of_month = (days - month_start).astype(np.int64) + 1
+    month_end = (days + 1).astype("M8[M]") != days.astype("M8[M]")
+    payday = (day_of_month == 15) | month_end
+    num = np.empty((n, len(NUM_FEATURES)), dtype=np.float32)
+    num[:, 0] = np.asarray(onpromotion, dtype=bool)
+    num[:, 1] = np.where(i_ok, tables.perishable[np.maximum(i, 0)] if len(tables.perishable) else 0, 0)
+    num[:, 2] = payday
+    num[:, 3] = day_of_month / 31.0
+    num[:, 4] = np.isin(day_num, tables.national_days)
+    num[:, 5] = np.isin(day_num * _KEY_SHIFT + state, tables.regional_keys) & (state > 0)
+    num[:, 6] = np.isin(day_num * _KEY_SHIFT + city, tables.local_keys) & (city > 0)
+    num[:, 7] = np.isin(day_num, tables.workdays)
+    num[:, 8:12] = lag_features(windows, offsets)
+    assert cat.shape[1] == len(CAT_FEATURES)
+    return Encoded(cat=cat, num=num)

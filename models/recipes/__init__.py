@@ -1,0 +1,73 @@
+"""Model recipes: features, architecture, training settings and the parity tolerances per variant.
+
+>>> recipe = load_recipe("favorita_demand")
+>>> recipe.tolerances["tflite-int8"].max_nwrmsle_increase
+0.05
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["Recipe", "Tolerance", "load_recipe", "VARIANTS"]
+
+#: Every export variant, in the order the report lists them.
+VARIANTS = ("tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx-fp32", "onnx-int8")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Tolerance(_Strict):
+    max_nwrmsle_increase: float = Field(ge=0, description="Largest allowed relative NWRMSLE increase vs Keras.")
+    max_p99_abs_diff: float = Field(ge=0, description="Largest allowed p99 |variant - keras| in log1p space.")
+
+
+class Architecture(_Strict):
+    embedding_dims: dict[str, int] = Field(description="Embedding width per categorical feature.")
+    hidden_units: list[int] = Field(min_length=1, description="Dense layer widths.")
+    dropout: float = Field(ge=0, lt=1, description="Dropout after each dense layer.")
+
+
+class Training(_Strict):
+    epochs: int = Field(gt=0, description="Passes over the training split.")
+    batch_size: int = Field(gt=0, description="Rows per gradient step.")
+    learning_rate: float = Field(gt=0, description="Adam learning rate.")
+
+
+class Serving(_Strict):
+    max_batch: int = Field(gt=0, description="Most rows one request may carry.")
+    horizon_days: int = Field(gt=0, description="How far past the last known sales a date may be.")
+
+
+class Baselines(_Strict):
+    rf_n_estimators: int = Field(gt=0, description="Trees of the CD4ML random forest baseline.")
+    ma_days: int = Field(gt=0, description="Days of the moving-average baseline.")
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$", description="Model name (bundle and topic id).")
+    description: str = Field(description="What the model predicts.")
+    seed: int = Field(description="Seed for every random choice in training.")
+    validation_days: int = Field(gt=0, description="The last N days form the validation split.")
+    train_days: int = Field(gt=0, description="Days of training data before the validation split.")
+    architecture: Architecture
+    training: Training
+    serving: Serving
+    holdout_rows: int = Field(gt=0, description="Rows of the validation split shipped for the on-device gate.")
+    calibration_rows: int = Field(gt=0, description="Training rows used to calibrate full int8.")
+    baselines: Baselines
+    tolerances: dict[str, Tolerance] = Field(description="Parity tolerance per export variant.")
+    variant_preference: list[str] = Field(description="Order in which an agent prefers shipped variants.")
+
+
+def load_recipe(name_or_path: str | Path = "favorita_demand") -> Recipe:
+    """Load a recipe by name (``models/recipes/<name>.json``) or from a path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = Path(__file__).with_name(f"{name_or_path}.json")
+    return Recipe.model_validate(json.loads(path.read_text()))
