@@ -66,6 +66,7 @@ def write_bundle(
                     tar.addfile(info, io.BytesIO(payload))
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a bundle is public, only its signing key is secret
         os.replace(tmp, out_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

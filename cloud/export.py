@@ -11,8 +11,11 @@ Every function returns the model's bytes; nothing here decides what ships (see :
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,9 +91,23 @@ def export_onnx(model: Any, precision: str) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         src.write_bytes(fp32)
-        quant_pre_process(str(src), str(pre))
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
         return dst.read_bytes()
+
+
+@contextlib.contextmanager
+def _quiet_converters() -> Iterator[None]:
+    """Keep the converters' chatter (signature dumps, root-logger notes, deprecation warnings) off the console."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # onnxruntime.quantization logs per-tensor notes on the root logger
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore", UserWarning)  # TF's calibrator uses its deprecated tf.lite.Interpreter
+            yield
+    finally:
+        root.setLevel(level)
 
 
 def export_all(model: Any, calibration: Encoded, progress: bool = True) -> dict[str, bytes]:
@@ -107,6 +124,7 @@ def export_all(model: Any, calibration: Encoded, progress: bool = True) -> dict[
     ]
     out: dict[str, bytes] = {}
     for name, job in tqdm(jobs, desc="export", disable=not progress):
-        out[name] = job()
+        with _quiet_converters():
+            out[name] = job()
         logger.info("exported %s (%d bytes)", name, len(out[name]))
     return out

@@ -165,6 +165,9 @@ def train(
     model = fit(recipe, prep.tables.cardinalities(), prep.train.x, prep.train.y, prep.train.perishable, progress=progress)
     timings["train_seconds"] = time.perf_counter() - t
     keras_pred = predict_log(model, valid.x)
+    keras_path = out / f"{recipe.name}-v{version}.keras"
+    model.save(keras_path)  # kept beside the bundle for lineage, debugging and benchmarks; never shipped
+    report["keras_model"] = str(keras_path)
     metrics["keras"] = score(valid.y, keras_pred, valid.perishable)
 
     verdict = baseline_gate(metrics)
