@@ -612,6 +612,7 @@ class _AtomicText:
                 os.fsync(self.fh.fileno())
             self.fh.close()
             if exc_type is None:
+                os.chmod(self.tmp, 0o644)  # mkstemp makes 0600; data files are meant to be shared
                 os.replace(self.tmp, self.path)
         finally:
             if self.tmp.exists():
