@@ -1,0 +1,114 @@
+"""Errors a client can cause, in one shape for every transport (HTTP, MQTT, serial).
+
+Every problem names the field (``instances[0].store_nbr``) and the rule it broke (``known_store``),
+so a shop's developer can fix the request without reading our code.
+
+>>> err = RequestError([detail("instances[0].store_nbr", "known_store", "unknown store 999")])
+>>> str(err)
+'instances[0].store_nbr: unknown store 999 (rule known_store)'
+>>> err.status, err.to_json()["error"]["code"]
+(422, 'invalid_request')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, TypedDict
+
+from pydantic import ValidationError
+
+__all__ = ["ErrorDetail", "RequestError", "InferenceError", "detail", "field_path", "from_validation_error"]
+
+#: At most this many details are reported per request (the first ones, in row order).
+MAX_DETAILS = 20
+
+
+class ErrorDetail(TypedDict):
+    field: str
+    rule: str
+    message: str
+
+
+def detail(field: str, rule: str, text: str) -> ErrorDetail:
+    """One problem: ``message`` reads ``"<field>: <text> (rule <rule>)"``."""
+    return {"field": field, "rule": rule, "message": f"{field}: {text} (rule {rule})"}
+
+
+class RequestError(ValueError):
+    """A request the model cannot answer; ``status`` is the HTTP status it maps to (4xx)."""
+
+    def __init__(self, details: Sequence[ErrorDetail], *, status: int = 422, code: str = "invalid_request") -> None:
+        self.details: list[ErrorDetail] = list(details[:MAX_DETAILS]) or [detail("body", "invalid", "invalid request")]
+        self.status = status
+        self.code = code
+        self.truncated = max(len(details) - MAX_DETAILS, 0)
+        more = len(details) - 1
+        super().__init__(self.details[0]["message"] + (f" (and {more} more)" if more > 0 else ""))
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"error": {"code", "message", "details": [{"field", "rule", "message"}]}}``."""
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class InferenceError(RuntimeError):
+    """The model failed or produced a non-finite prediction (a server-side fault, HTTP 500)."""
+
+
+def field_path(loc: Sequence[str | int]) -> str:
+    """``("instances", 0, "store_nbr")`` → ``"instances[0].store_nbr"``; ``()`` → ``"body"``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+_RULES = {
+    "missing": ("required", "is required"),
+    "extra_forbidden": ("extra_field", "is not a field of the contract"),
+    "int_type": ("int_type", "must be an integer"),
+    "int_parsing": ("int_type", "must be an integer"),
+    "int_from_float": ("int_type", "must be an integer"),
+    "bool_type": ("bool_type", "must be true or false"),
+    "bool_parsing": ("bool_type", "must be true or false"),
+    "greater_than": ("range", "is out of range"),
+    "less_than": ("range", "is out of range"),
+    "too_short": ("min_rows", "needs at least one row"),
+    "list_type": ("list_type", "must be a list"),
+    "model_type": ("object_type", "must be an object"),
+    "dict_type": ("object_type", "must be an object"),
+    "string_type": ("string_type", "must be a string"),
+    "string_too_long": ("max_length", "is too long"),
+}
+
+
+def _input_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _convert(err: dict[str, Any]) -> ErrorDetail:
+    loc, kind, value = tuple(err.get("loc", ())), err["type"], err.get("input")
+    field = field_path(loc)
+    if isinstance(value, float) and not math.isfinite(value):
+        return detail(field, "finite", f"must be a finite number, got {value}")
+    if loc and loc[-1] == "date" and (kind == "value_error" or kind.startswith("date")):
+        return detail(field, "date_format", f"must be a calendar date as YYYY-MM-DD, got {_input_repr(value)}")
+    rule, text = _RULES.get(kind, (kind, err.get("msg", "is invalid").lower()))
+    ctx = err.get("ctx") or {}
+    if kind == "greater_than":
+        text = f"must be greater than {ctx.get('gt')}"
+    elif kind == "less_than":
+        text = f"must be less than {ctx.get('lt')}"
+    if kind not in ("missing", "too_short", "extra_forbidden"):
+        text += f", got {_input_repr(value)}"
+    return detail(field, rule, text)
+
+
+def from_validation_error(exc: ValidationError) -> RequestError:
+    """Turn pydantic's errors into a :class:`RequestError` (422) with one detail per problem."""
+    return RequestError([_convert(e) for e in exc.errors(include_url=False)])
