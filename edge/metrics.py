@@ -67,7 +67,7 @@ class AgentMetrics:
             "edgeship_model_updates", "Model update steps by outcome.", ["outcome"], registry=r
         )
         self.bundle_bytes_received = Counter(
-            "edgeship_bundle_bytes_received", "Bundle bytes received in good chunks.", registry=r
+            "edgeship_bundle_received_bytes", "Bundle bytes received in good chunks.", registry=r
         )
         self.bad_chunks = Counter("edgeship_bad_chunks", "Bundle chunks rejected (hash, size or index).", registry=r)
         self.bad_messages = Counter("edgeship_bad_messages", "MQTT messages that could not be parsed.", registry=r)

@@ -46,25 +46,11 @@ from models import topics
 from models.broker import new_client
 from models.messages import DeviceEvent, DeviceState, ModelAnnouncement
 
-__all__ = ["MqttLink", "announce_filter"]
+__all__ = ["MqttLink"]
 
 logger = logging.getLogger(__name__)
 
 ONLINE, OFFLINE = "online", "offline"
-
-
-def announce_filter(fleet: str, model: str | None) -> str:
-    """Subscription filter for one model's announcements, or every model's (``model=None``).
-
-    >>> announce_filter("default", None)
-    'edgeship/default/models/+/announce'
-    """
-    if model is not None:
-        return topics.model_announce(fleet, model)
-    # models.topics validates the model id, so "+" cannot go in; put it at the model's level.
-    parts = topics.model_announce(fleet, "any").split("/")
-    parts[-2] = "+"
-    return "/".join(parts)
 
 
 class MqttLink:
@@ -93,7 +79,7 @@ class MqttLink:
         self._on_failed = on_failed
         self._state = state
         self._availability = topics.availability(config.fleet, config.device_id)
-        self._announce = announce_filter(config.fleet, config.model)
+        self._announce = topics.model_announce(config.fleet, config.model)
         self._lock = threading.RLock()
         self._transfer: Transfer | None = None
         self._chunk_filter: str | None = None

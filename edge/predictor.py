@@ -36,7 +36,7 @@ from edge.runtimes import Runtime, available_runtimes, get_runtime, runtime_for_
 from edge.runtimes.base import RuntimeLoadError, RuntimeUnavailable
 from models.bundle import BundleError, VerifiedBundle, unpack_bundle, verify_unpacked
 from models.contract import PredictRequest
-from models.features import SalesState, Tables, encode, target_inverse
+from models.features import Encoded, SalesState, Tables, encode, target_inverse
 from models.manifest import Manifest, Variant
 from models.messages import ActiveModel
 from models.signing import load_public_key
@@ -252,6 +252,33 @@ class Predictor:
         stage) if given. Raises :class:`RequestError` (4xx) or :class:`InferenceError` (500)."""
         if self._closed:
             raise InferenceError("predictor is closed")
+        enc = self.encode(instances, timings=timings)
+        t2 = time.perf_counter()
+        with self._lock:
+            if self._closed:
+                raise InferenceError("predictor is closed")
+            try:
+                y = self._runtime.infer(enc.as_feed())
+            except Exception as exc:
+                raise InferenceError(f"{self._runtime.name} failed: {exc}") from exc
+        t3 = time.perf_counter()
+        if not np.all(np.isfinite(y)):
+            raise InferenceError("the model produced a non-finite prediction")
+        if timings is not None:
+            timings["infer"] = t3 - t2
+        return np.round(target_inverse(y), DECIMALS).tolist()
+
+    def encode(
+        self,
+        instances: PredictRequest | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        timings: dict[str, float] | None = None,
+    ) -> Encoded:
+        """Validate rows and encode them into the model's inputs, exactly as :meth:`predict` does.
+
+        The same :func:`models.features.encode` the trainer calls, fed from the bundle's tables and
+        lag windows: ``tests/unit/test_golden_encoding.py`` holds both sides to identical arrays.
+        """
         t0 = time.perf_counter()
         request = self.validate(instances)
         rows = request.instances
@@ -269,20 +296,9 @@ class Predictor:
             windows=self._state.window[pair],
             window_end=self._state.end_date,
         )
-        t2 = time.perf_counter()
-        with self._lock:
-            if self._closed:
-                raise InferenceError("predictor is closed")
-            try:
-                y = self._runtime.infer(enc.as_feed())
-            except Exception as exc:
-                raise InferenceError(f"{self._runtime.name} failed: {exc}") from exc
-        t3 = time.perf_counter()
-        if not np.all(np.isfinite(y)):
-            raise InferenceError("the model produced a non-finite prediction")
         if timings is not None:
-            timings.update(validate=t1 - t0, encode=t2 - t1, infer=t3 - t2)
-        return np.round(target_inverse(y), DECIMALS).tolist()
+            timings.update(validate=t1 - t0, encode=time.perf_counter() - t1)
+        return enc
 
     def validate(self, instances: PredictRequest | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> PredictRequest:
         """Schema validation only (types, required fields, batch size); raises :class:`RequestError`."""

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import tarfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -99,10 +98,7 @@ class ModelStore:
         (``version_conflict``: a version number is never reused for other bytes).
         """
         bundle_path = Path(bundle_path)
-        try:
-            manifest = read_manifest(bundle_path, self.trusted)
-        except (tarfile.TarError, EOFError) as exc:
-            raise BundleError("bad_archive", f"{bundle_path.name} is not a readable bundle: {exc}") from exc
+        manifest = read_manifest(bundle_path, self.trusted)
         dest = self.version_dir(manifest.version)
         if dest.exists():
             file_digest = digest or sha256_file(bundle_path)
@@ -121,10 +117,7 @@ class ModelStore:
                     f"version {manifest.version} is active with another digest; a version is never replaced",
                 )
             shutil.rmtree(dest)
-        try:
-            return unpack_bundle(bundle_path, dest, self.trusted, digest=digest)
-        except (tarfile.TarError, EOFError) as exc:
-            raise BundleError("bad_archive", f"{bundle_path.name} is not a readable bundle: {exc}") from exc
+        return unpack_bundle(bundle_path, dest, self.trusted, digest=digest)
 
     def activate(self, version: int) -> ActivePointer:
         """Point ``active.json`` at an installed version (atomic: temp file, fsync, rename, fsync dir)."""

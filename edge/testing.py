@@ -82,13 +82,14 @@ def sample_state(seed: int = 0) -> SalesState:
 
 
 def _holdout(tables: Tables, state: SalesState) -> bytes:
-    days = np.array(["2017-08-16", "2017-08-17", "2017-08-18", "2017-08-19"], "M8[D]")
+    n = len(state.store_nbr)
+    days = state.end_date + 1 + np.arange(n) % 4  # the four days after the state's last day
     enc = encode(
         tables,
         dates=days,
         store_nbr=state.store_nbr,
         item_nbr=state.item_nbr,
-        onpromotion=np.array([False, True, False, False]),
+        onpromotion=np.arange(n) % 4 == 1,
         windows=state.window,
         window_end=state.end_date,
     )
@@ -108,6 +109,8 @@ def build_bundle(
     max_batch: int = 8,
     horizon_days: int = 30,
     extra_members: Mapping[str, bytes] | None = None,
+    tables: Tables | None = None,
+    state: SalesState | None = None,
 ) -> tuple[Path, Manifest]:
     """A real, signed bundle with the sample tables and state and dummy model files.
 
@@ -116,7 +119,8 @@ def build_bundle(
     """
     from cloud.bundle import write_bundle  # the trainer's packer; only tests and demos need it
 
-    tables, state = sample_tables(), sample_state()
+    tables = tables if tables is not None else sample_tables()
+    state = state if state is not None else sample_state()
     members: dict[str, bytes] = {
         "tables.json": json.dumps(tables.to_json()).encode(),
         "state.npz": state.to_bytes(),
@@ -160,7 +164,7 @@ def build_bundle(
             "cat_features": list(CAT_FEATURES),
             "num_features": list(NUM_FEATURES),
             "lag_window_days": LAG_WINDOW_DAYS,
-            "state_end_date": STATE_END,
+            "state_end_date": str(state.end_date),
             "max_batch": max_batch,
             "horizon_days": horizon_days,
         },

@@ -9,7 +9,7 @@ import sys
 
 __all__ = ["JsonFormatter", "setup_logging"]
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}  # uvicorn adds color_message
 
 
 class JsonFormatter(logging.Formatter):

@@ -92,8 +92,11 @@ def _check_manifest(manifest_bytes: bytes, signature_bytes: bytes, trusted: list
 
 def read_manifest(bundle: str | os.PathLike[str], trusted: Iterable[Ed25519PublicKey]) -> Manifest:
     """Verify only the signed manifest of a bundle (cheap: reads two small members)."""
-    with tarfile.open(bundle, mode="r:") as tar:
-        meta = _read_meta(tar)
+    try:
+        with tarfile.open(bundle, mode="r:") as tar:
+            meta = _read_meta(tar)
+    except (tarfile.TarError, EOFError) as exc:
+        raise BundleError("bad_archive", f"{Path(bundle).name} is not a readable bundle: {exc}") from exc
     return _check_manifest(meta[MANIFEST], meta[SIGNATURE], list(trusted))[0]
 
 
@@ -171,6 +174,9 @@ def unpack_bundle(
         _fsync_dir(tmp)
         os.rename(tmp, dest)
         _fsync_dir(dest.parent)
+    except (tarfile.TarError, EOFError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BundleError("bad_archive", f"{bundle.name} is not a readable bundle: {exc}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

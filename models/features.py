@@ -198,10 +198,17 @@ class Tables:
 
 
 def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    pos = np.searchsorted(sorted_keys, keys)
-    pos_c = np.minimum(pos, max(len(sorted_keys) - 1, 0))
-    found = (len(sorted_keys) > 0) & (sorted_keys[pos_c] == keys) if len(sorted_keys) else np.zeros(keys.shape, bool)
-    return np.where(found, pos_c, -1).astype(np.int64)
+    """Position of each key in the unique, sorted ``sorted_keys``; -1 where absent."""
+    keys = np.asarray(keys, dtype=np.int64)
+    if not len(sorted_keys):
+        return np.full(keys.shape, -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return np.where(sorted_keys[pos] == keys, pos, -1)
+
+
+def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Membership test against unique, sorted keys (``np.isin`` costs ~10x more on a few rows)."""
+    return _find(sorted_keys, keys) >= 0
 
 
 @dataclasses.dataclass
@@ -274,13 +281,14 @@ def lag_features(windows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     n = w.shape[0]
     offsets = np.broadcast_to(np.asarray(offsets, dtype=np.int64), (n,))
     out = np.empty((n, 4), dtype=np.float64)
-    out[:, 0] = w[:, -7:].mean(axis=1)
-    out[:, 1] = w[:, -28:].mean(axis=1)
-    out[:, 2] = (w[:, -28:] <= 0.0).mean(axis=1)
+    add = np.add.reduce  # mean() without its per-call overhead: the agent encodes one row at a time
+    out[:, 0] = add(w[:, -7:], axis=1) / 7
+    out[:, 1] = add(w[:, -28:], axis=1) / 28
+    out[:, 2] = np.count_nonzero(w[:, -28:] <= 0.0, axis=1) / 28
     # Same weekday as the target: j days before the window end, with (j + offset) % 7 == 0.
     first = (-offsets) % 7
     cols = LAG_WINDOW_DAYS - 1 - (first[:, None] + 7 * np.arange(LAG_WINDOW_DAYS // 7)[None, :])
-    out[:, 3] = np.take_along_axis(w, cols, axis=1).mean(axis=1)
+    out[:, 3] = add(np.take_along_axis(w, cols, axis=1), axis=1) / (LAG_WINDOW_DAYS // 7)
     return out.astype(np.float32)
 
 
@@ -341,10 +349,10 @@ def encode(
     num[:, 1] = np.where(i_ok, tables.perishable[np.maximum(i, 0)] if len(tables.perishable) else 0, 0)
     num[:, 2] = payday
     num[:, 3] = day_of_month / 31.0
-    num[:, 4] = np.isin(day_num, tables.national_days)
-    num[:, 5] = np.isin(day_num * _KEY_SHIFT + state, tables.regional_keys) & (state > 0)
-    num[:, 6] = np.isin(day_num * _KEY_SHIFT + city, tables.local_keys) & (city > 0)
-    num[:, 7] = np.isin(day_num, tables.workdays)
+    num[:, 4] = _contains(tables.national_days, day_num)
+    num[:, 5] = _contains(tables.regional_keys, day_num * _KEY_SHIFT + state) & (state > 0)
+    num[:, 6] = _contains(tables.local_keys, day_num * _KEY_SHIFT + city) & (city > 0)
+    num[:, 7] = _contains(tables.workdays, day_num)
     num[:, 8:12] = lag_features(windows, offsets)
     assert cat.shape[1] == len(CAT_FEATURES)
     return Encoded(cat=cat, num=num)

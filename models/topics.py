@@ -86,8 +86,10 @@ def device_wildcard(fleet: str, leaf: str, prefix: str = PREFIX) -> str:
     return f"{prefix}/{validate_id(fleet, 'fleet')}/+/{leaf}"
 
 
-def model_announce(fleet: str, model: str, prefix: str = PREFIX) -> str:
-    return f"{prefix}/{validate_id(fleet, 'fleet')}/models/{validate_id(model, 'model name')}/announce"
+def model_announce(fleet: str, model: str | None, prefix: str = PREFIX) -> str:
+    """One model's announcement topic; with ``model=None`` the filter for every model's."""
+    name = "+" if model is None else validate_id(model, "model name")
+    return f"{prefix}/{validate_id(fleet, 'fleet')}/models/{name}/announce"
 
 
 def bundle_chunk(fleet: str, bundle_id: str, index: int, prefix: str = PREFIX) -> str:

@@ -192,3 +192,22 @@ def test_manifest_is_canonical_json(tmp_path, bundle):
     with tarfile.open(bundle) as tar:
         raw = tar.extractfile("manifest.json").read()
     assert raw == json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a tar at all" * 100])
+def test_garbage_is_a_bad_archive(tmp_path, keys, content):
+    path = tmp_path / "garbage.tar"
+    path.write_bytes(content)
+    for call in (lambda: read_manifest(path, [keys[1]]), lambda: unpack_bundle(path, tmp_path / "d", [keys[1]])):
+        with pytest.raises(BundleError) as info:
+            call()
+        assert info.value.reason in ("bad_archive", "bad_member")
+
+
+def test_truncated_bundle_is_a_bad_archive(tmp_path, bundle, keys):
+    raw = bundle.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(raw[: len(raw) // 2 + 100])
+    with pytest.raises(BundleError) as info:
+        unpack_bundle(cut, tmp_path / "d", [keys[1]])
+    assert info.value.reason in ("bad_archive", "missing_member") and not (tmp_path / "d").exists()

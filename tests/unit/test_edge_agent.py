@@ -18,7 +18,6 @@ from pydantic import ValidationError
 from cloud.publish import announcement_for
 from edge.agent import Agent, build_parser, config_from_args, main
 from edge.config import AgentConfig
-from edge.mqtt import announce_filter
 from edge.store import ModelStore
 from edge.testing import build_bundle
 from models import topics
@@ -290,8 +289,8 @@ def test_update_over_mqtt_refuses_tampered_and_keeps_serving(tmp_path, keys, bun
 
 
 def test_announce_filter_for_any_model():
-    assert announce_filter("default", None) == "edgeship/default/models/+/announce"
-    assert announce_filter("f1", "favorita-demand") == topics.model_announce("f1", "favorita-demand")
+    assert topics.model_announce("default", None) == "edgeship/default/models/+/announce"
+    assert topics.model_announce("f1", "favorita-demand") == "edgeship/f1/models/favorita-demand/announce"
 
 
 def test_start_failure_cleans_up(tmp_path, keys, bundles):
