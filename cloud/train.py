@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 def quiet_tensorflow() -> None:
     """Silence TensorFlow's C++ banner and oneDNN notes before it is imported."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
