@@ -221,8 +221,12 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
             if once:
                 return 0
             print("[demo] serving; Ctrl-C to stop")
-            while not stop.is_set() and all(a.proc.poll() is None for a in procs):
-                stop.wait(0.5)
+            try:
+                while not stop.is_set() and all(a.proc.poll() is None for a in procs):
+                    stop.wait(0.5)
+            except KeyboardInterrupt:
+                pass
+            print("[demo] stopping agents and broker")
             return 0
         finally:
             for agent in procs:
