@@ -231,3 +231,15 @@ def onnx_linear(weights: np.ndarray = LINEAR_WEIGHTS) -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
+
+
+def flip_member_byte(src: str | os.PathLike[str], dst: str | os.PathLike[str], member: str) -> Path:
+    """Copy bundle ``src`` to ``dst`` with one byte in the middle of ``member``'s data flipped."""
+    import tarfile
+
+    raw = bytearray(Path(src).read_bytes())
+    with tarfile.open(src) as tar:
+        info = tar.getmember(member)
+    raw[info.offset_data + info.size // 2] ^= 0xFF
+    Path(dst).write_bytes(bytes(raw))
+    return Path(dst)

@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from cloud.bundle import write_bundle
+from edge.testing import flip_member_byte
 from models import topics
 from models.broker import BrokerURL, new_client
 from models.bundle import read_manifest
@@ -176,16 +177,7 @@ def _repack(src: Path, dst: Path, key: Path, version: int, corrupt: str | None =
         manifest = json.loads(tar.extractfile("manifest.json").read())
     fields = {k: v for k, v in manifest.items() if k != "files"} | {"version": version}
     path, _ = write_bundle(dst, fields, members, load_private_key(key))
-    if corrupt:
-        raw = bytearray(path.read_bytes())
-        with tarfile.open(path) as tar:
-            info = tar.getmember(corrupt)
-        raw[info.offset_data + info.size // 2] ^= 0xFF
-        path.write_bytes(bytes(raw))
-    return path
-
-
-SAMPLE = {"store_nbr": None, "item_nbr": None}
+    return flip_member_byte(path, path, corrupt) if corrupt else path
 
 
 def _sample(trained: dict) -> dict:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import tarfile
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from cloud.publish import announcement_for
 from edge.agent import Agent, build_parser, config_from_args, main
 from edge.config import AgentConfig
 from edge.store import ModelStore
-from edge.testing import build_bundle
+from edge.testing import build_bundle, flip_member_byte
 from models import topics
 from models.broker import BrokerURL, new_client
 from models.messages import DeviceState
@@ -69,13 +68,6 @@ def wait_for(cond, what: str, timeout: float = 10.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def flipped(src: Path, dst: Path, member: str) -> Path:
-    raw = bytearray(src.read_bytes())
-    with tarfile.open(src) as tar:
-        info = tar.getmember(member)
-    raw[info.offset_data + info.size // 2] ^= 0xFF
-    dst.write_bytes(bytes(raw))
-    return dst
 
 
 # -- config and CLI ---------------------------------------------------------------------------
@@ -260,7 +252,7 @@ def test_update_over_mqtt_refuses_tampered_and_keeps_serving(tmp_path, keys, bun
         digest_v1 = health(agent)["model"]["digest"]
 
         # v2: validly signed, then one byte of the model member flipped; announced with matching hashes.
-        bad = flipped(bundles[2], tmp_path / "favorita-demand-v2.bundle.tar", "models/tflite-fp32.tflite")
+        bad = flip_member_byte(bundles[2], tmp_path / "favorita-demand-v2.bundle.tar", "models/tflite-fp32.tflite")
         fleet.publish_bundle(bad)
         refused = wait_for(lambda: [e for e in fleet.events() if e["kind"] == "refused"], "refusal")
         assert refused[0]["detail"]["version"] == 2 and refused[0]["detail"]["reason"] == "hash_mismatch"

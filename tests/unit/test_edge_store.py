@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 from edge.store import ActivePointer, ModelStore
-from edge.testing import build_bundle
+from edge.testing import build_bundle, flip_member_byte
 from models.bundle import BundleError, sha256_file
 from models.signing import generate_keypair
 
@@ -36,13 +36,6 @@ def leftovers(store: ModelStore) -> list[str]:
     return sorted(p.name for p in store.models_dir.iterdir())
 
 
-def flip_member_byte(src, dst, member: str):
-    raw = bytearray(src.read_bytes())
-    with tarfile.open(src) as tar:
-        info = tar.getmember(member)
-    raw[info.offset_data + info.size // 2] ^= 0xFF
-    dst.write_bytes(bytes(raw))
-    return dst
 
 
 def test_install_activate_and_pointer(store, bundles):
