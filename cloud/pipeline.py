@@ -26,9 +26,9 @@ from cloud.bundle import bundle_filename, write_bundle
 from cloud.gates import GateError, baseline_gate, parity_gate, run_variant, score
 from cloud.metrics import weights
 from cloud.prepare import Prepared, prepare
-from models.contract import CAT_FEATURES, CONTRACT_VERSION, LAG_WINDOW_DAYS, NUM_FEATURES
+from models.contract import CAT_FEATURES, NUM_FEATURES
 from models.features import Encoded
-from models.manifest import canonical_json
+from models.manifest import ContractInfo, canonical_json
 from models.recipes import VARIANTS, Recipe, load_recipe
 from models.signing import load_private_key
 
@@ -253,15 +253,11 @@ def train(
             }
             for n in order
         ],
-        "contract": {
-            "version": CONTRACT_VERSION,
-            "cat_features": list(CAT_FEATURES),
-            "num_features": list(NUM_FEATURES),
-            "lag_window_days": LAG_WINDOW_DAYS,
-            "state_end_date": str(state.end_date),
-            "max_batch": recipe.serving.max_batch,
-            "horizon_days": recipe.serving.horizon_days,
-        },
+        "contract": ContractInfo.current(
+            state_end_date=str(state.end_date),
+            max_batch=recipe.serving.max_batch,
+            horizon_days=recipe.serving.horizon_days,
+        ).model_dump(),
     }
     bundle_path, manifest = write_bundle(out / bundle_filename(recipe.name, version), manifest_fields, members, private_key)
     timings["total_seconds"] = time.perf_counter() - t_all

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from models.contract import CAT_FEATURES, CONTRACT_VERSION, LAG_WINDOW_DAYS, NUM_FEATURES
+from models.contract import CAT_FEATURES, LAG_WINDOW_DAYS, NUM_FEATURES
 from models.features import SalesState, Tables, encode
-from models.manifest import Manifest
+from models.manifest import ContractInfo, Manifest
 
 __all__ = [
     "STORES",
@@ -159,15 +159,9 @@ def build_bundle(
         "parameters": {"recipe": "sample"},
         "metrics": {"keras": {"nwrmsle": 0.5}},
         "variants": variant_entries,
-        "contract": {
-            "version": CONTRACT_VERSION,
-            "cat_features": list(CAT_FEATURES),
-            "num_features": list(NUM_FEATURES),
-            "lag_window_days": LAG_WINDOW_DAYS,
-            "state_end_date": str(state.end_date),
-            "max_batch": max_batch,
-            "horizon_days": horizon_days,
-        },
+        "contract": ContractInfo.current(
+            state_end_date=str(state.end_date), max_batch=max_batch, horizon_days=horizon_days
+        ).model_dump(),
     }
     return write_bundle(out_path, fields, members, private_key)
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.contract import CAT_FEATURES, CONTRACT_VERSION, LAG_WINDOW_DAYS, NUM_FEATURES
 from models.messages import Identifier, Sha256Hex
 
 __all__ = [
@@ -58,6 +59,19 @@ class ContractInfo(_Strict):
     state_end_date: str = Field(description="Last day of sales history in the bundle's state.")
     max_batch: int = Field(gt=0, description="Most rows one request may carry.")
     horizon_days: int = Field(gt=0, description="How far past state_end_date the model may be asked.")
+
+    @classmethod
+    def current(cls, *, state_end_date: str, max_batch: int, horizon_days: int) -> ContractInfo:
+        """The contract this code speaks (:mod:`models.contract`), with a bundle's serving limits."""
+        return cls(
+            version=CONTRACT_VERSION,
+            cat_features=list(CAT_FEATURES),
+            num_features=list(NUM_FEATURES),
+            lag_window_days=LAG_WINDOW_DAYS,
+            state_end_date=state_end_date,
+            max_batch=max_batch,
+            horizon_days=horizon_days,
+        )
 
 
 class Variant(_Strict):
