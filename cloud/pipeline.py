@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from cloud import baselines
 from cloud.bundle import bundle_filename, write_bundle
 from cloud.gates import GateError, baseline_gate, parity_gate, run_variant, score
 from cloud.metrics import weights
 from cloud.prepare import Prepared, prepare
-from models.contract import CAT_FEATURES, NUM_FEATURES
+from models.contract import CAT_FEATURES, LAG_WINDOW_DAYS, NUM_FEATURES
 from models.features import Encoded
 from models.manifest import ContractInfo, canonical_json
 from models.recipes import VARIANTS, Recipe, load_recipe
@@ -136,7 +137,11 @@ def train(
     t = time.perf_counter()
     loaded = favorita.load(data_dir, start=start, end=end, stores=stores, progress=progress)
     rows, cleaning = favorita.clean(loaded.train)
-    first, last = rows["date"].min(), rows["date"].max()
+    last = rows["date"].max()
+    # Only the days the splits need: lag window + forecast offsets + training + validation days.
+    needed = LAG_WINDOW_DAYS + 2 * recipe.validation_days + recipe.train_days
+    first = max(rows["date"].min(), last - pd.Timedelta(days=needed - 1))
+    rows = rows[rows["date"] >= first]
     grid = favorita.daily_grid(rows, first, last)
     prep = prepare(
         grid,
