@@ -1,0 +1,69 @@
+"""`edgeship train` when a gate says no: a non-zero exit, a clear message, a report, nothing shipped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models.recipes import load_recipe
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cloud.synth import generate
+    from models.signing import write_keypair
+
+    root = tmp_path_factory.mktemp("gates")
+    generate(root / "data", stores=3, items=16, days=300, seed=3)
+    write_keypair(root / "keys")
+    return root
+
+
+def _recipe(root: Path, name: str, **changes) -> Path:
+    data = load_recipe().model_dump(mode="json")
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    path = root / f"{name}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _train(root: Path, out: Path, recipe: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "edgeship", "train", "--data", str(root / "data"), "--out", str(out),
+           "--key", str(root / "keys" / "signing.key"), "--recipe", str(recipe), "--no-progress"]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_model_that_does_not_beat_the_baselines_is_not_shipped(small_data: Path, tmp_path: Path) -> None:
+    # One epoch at a learning rate too small to move: the model stays at the mean.
+    recipe = _recipe(tmp_path, "frozen", **{"training.epochs": 1, "training.learning_rate": 1e-9})
+    proc = _train(small_data, tmp_path / "out", recipe)
+    assert proc.returncode == 3, proc.stdout + proc.stderr[-3000:]
+    assert "gate failed, nothing shipped: baseline gate failed: model NWRMSLE" in proc.stderr
+    assert "does not beat" in proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["gates"]["baselines"]["passed"] is False and report["bundle"] is None
+    assert report["metrics"]["keras"]["nwrmsle"] > min(report["metrics"]["baseline-rf"]["nwrmsle"], report["metrics"]["baseline-ma-dow"]["nwrmsle"])
+    assert not list((tmp_path / "out").glob("*.bundle.tar"))
+
+
+def test_variant_outside_its_tolerance_is_left_out_and_the_report_says_why(small_data: Path, tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, "strict", **{"tolerances.tflite-int8.max_p99_abs_diff": 0.0})
+    proc = _train(small_data, tmp_path / "out", recipe)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    int8 = report["gates"]["parity"]["tflite-int8"]
+    assert int8["shipped"] is False and "exceeds 0" in int8["message"] and int8["p99_abs_diff"] > 0
+    assert "tflite-int8" not in report["shipped_variants"] and "tflite-fp32" in report["shipped_variants"]
+    assert "not shipped: tflite-int8 not shipped" in proc.stdout  # the summary table names the reason
