@@ -157,6 +157,30 @@ def main(argv: list[str] | None = None) -> int:
 
     ref = lat["raw LiteRT invoke (tflite-int8)"]["p50"]
     _write(args.out, report, manifest, lat, ref, train_wall, synth_s)
+    try:  # issue 4 part A: agent memory, start-to-serving, p99 during swaps (a failure is reported, not fatal)
+        from bench.agent_a import run as agent_a
+
+        section = agent_a(args.work / "agent-a", result.bundle, pub)
+    except Exception as exc:  # noqa: BLE001
+        section = f"## Edge agent: memory, start-up and hot swap\n\nNot measured: {type(exc).__name__}: {exc}\n"
+    with open(args.out, "a") as fh:
+        fh.write("\n" + section)
+    try:  # issue 3: publish → 50 agents vs raw fan-out, bytes per device, resume cost (reported, not fatal)
+        from bench.delivery import run as delivery
+
+        section = delivery(args.work, result.bundle, args.work / "keys" / "signing.key")
+    except Exception as exc:  # noqa: BLE001
+        section = f"## Delivery: publish to 50 agents, bytes per device, resuming\n\nNot measured: {type(exc).__name__}: {exc}\n"
+    with open(args.out, "a") as fh:
+        fh.write("\n" + section)
+    try:  # issue 4 part B: in-process / HTTP / MQTT latency vs raw invoke, one-core throughput ± batching
+        from bench.agent_b import run as agent_b
+
+        section = agent_b(args.work / "agent-b", result.bundle, pub)
+    except Exception as exc:  # noqa: BLE001
+        section = f"## Edge agent: serving latency and throughput\n\nNot measured: {type(exc).__name__}: {exc}\n"
+    with open(args.out, "a") as fh:
+        fh.write("\n" + section)
     print(args.out.read_text())
     return 0
 

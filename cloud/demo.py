@@ -197,7 +197,7 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
         try:
             for i in range(agents):
                 procs.append(_start_agent(f"store-{i + 1}", broker, work, keys / "signing.pub"))
-            ann = publish(result.bundle, broker, progress=False)
+            ann = publish(result.bundle, broker, key=keys / "signing.key", progress=False)
             print(f"[demo] published v{ann.version} ({ann.size} bytes in {len(ann.chunk_sha256)} chunks) to {broker}")
             from models.bundle import read_manifest
             from models.signing import load_public_key

@@ -12,14 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.metrics import PERISHABLE_WEIGHT, weighted_rmse_log, weights
+
 __all__ = ["PERISHABLE_WEIGHT", "weights", "nwrmsle", "nwrmsle_log", "r2"]
-
-PERISHABLE_WEIGHT = 1.25
-
-
-def weights(perishable: np.ndarray) -> np.ndarray:
-    """Kaggle's weights: 1.25 for perishable items, 1.00 otherwise."""
-    return np.where(np.asarray(perishable, dtype=bool), PERISHABLE_WEIGHT, 1.0)
 
 
 def nwrmsle(y_true: np.ndarray, y_pred: np.ndarray, perishable: np.ndarray) -> float:
@@ -38,8 +33,7 @@ def nwrmsle_log(log_true: np.ndarray, log_pred: np.ndarray, perishable: np.ndarr
     w = weights(perishable)
     if w.shape != np.shape(log_true):
         raise ValueError("perishable flags must have one entry per row")
-    d = np.asarray(log_pred, dtype=np.float64) - np.asarray(log_true, dtype=np.float64)
-    return float(np.sqrt(np.sum(w * d * d) / np.sum(w)))
+    return weighted_rmse_log(log_true, log_pred, w)  # the formula the agent's gate uses too
 
 
 def r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -13,9 +13,12 @@ or embed it::
 
 Start-up serves the last good model at once (re-verified from disk); MQTT connects in the
 background and keeps retrying, so a device serves even while the broker is down. An update is
-installed with full verification, loaded and warmed up, and only then made active (atomic pointer
-swap, then the predictor swap); the previous model is closed after its in-flight requests. On any
-failure the current model keeps serving and the refusal is reported with a reason code.
+installed with full verification, loaded and warmed up, run through the on-device holdout gate
+(:mod:`edge.gate`), and only then made active (atomic pointer swap, then the predictor swap; a
+``kill -9`` anywhere leaves a verified version active, see :mod:`edge.versions`); the previous
+model is closed after its in-flight requests. On any failure the current model keeps serving and
+the refusal is reported with a reason code. ``edgeship agent rollback`` goes back one version
+(offline; ``kill -HUP`` makes a running agent serve it), ``--install BUNDLE`` side-loads a file.
 """
 
 from __future__ import annotations
@@ -23,26 +26,38 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import platform
 import signal
+import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from edge.config import AgentConfig
+from edge.config import AgentConfig, parse_option, with_options
+from edge.crash import crash_point
+from edge.gate import GateFailed, gate_predictor
+from edge.hardware import Choice, choose, detect
 from edge.http import HttpServer, create_app
 from edge.metrics import AgentMetrics
 from edge.mqtt import MqttLink
-from edge.predictor import Predictor, load_trusted_keys
+from edge.mqtt_serving import MqttServing
+from edge.predictor import Predictor
 from edge.runtimes import REGISTRY, available_runtimes
+from edge.serving import Serving
 from edge.slot import ModelSlot
 from edge.store import ModelStore
+from edge.telemetry import Telemetry
+from edge.telemetry import for_agent as telemetry_for_agent
 from edge.transfer import Transfer
+from edge.trust import TrustStore
+from edge.versions import RollbackError, VersionHistory, recover, rollback_main, rollback_target
+from edge.versions import prune as prune_versions
+from edge.versions import rollback as rollback_store
 from edgeship.logs import setup_logging
-from models.bundle import BundleError, VerifiedBundle
+from models.bundle import BundleError, VerifiedBundle, verify_unpacked
 from models.messages import DeviceState, ModelAnnouncement, UpdateOutcome
 
 __all__ = ["Agent", "build_parser", "config_from_args", "main"]
@@ -60,15 +75,25 @@ class Agent:
         self.config = config
         self.metrics = AgentMetrics()
         self.slot = ModelSlot()
-        self.trusted = load_trusted_keys(config.trust)
+        # pinned signing keys (--trust) + keys a root-signed key list names (--trust-root), minus revoked ones;
+        # a live list the store shares, so a rotation applies at once (edge.trust)
+        self.trust = TrustStore(config.state_dir, pinned=config.trust, roots=config.trust_root)
+        self.trusted = self.trust.keys
         self.store = ModelStore(config.state_dir, self.trusted)
         self.runtimes = available_runtimes()
+        self.hardware = detect()
+        self.history = VersionHistory(config.state_dir)
+        self._no_serve: set[int] = set()  # rolled-back versions (edge.versions)
         self.http: HttpServer | None = None
         self.mqtt: MqttLink | None = None
         self._status = "starting"
         self._last_update: UpdateOutcome | None = None
+        self._last_gate: UpdateOutcome | None = None
         self._refused: dict[str, str] = {}  # bundle sha256 -> reason
         self._update_lock = threading.Lock()
+        # batching, shadow / A-B, online lag state, drift, prediction log (edge.serving); telemetry on start
+        self.serving = Serving.for_agent(self)
+        self.telemetry: Telemetry | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> Agent:
@@ -83,12 +108,18 @@ class Agent:
         return self
 
     def _start(self) -> None:
+        self._recover()
         self._load_last_good()
         self._status = "serving" if self.slot.current is not None else "no_model"
+        self.serving.start()
         if self.config.http_address is not None:
             host, port = self.config.http_address
             app = create_app(
-                self.slot, self.metrics, device_id=self.config.device_id, max_body_bytes=self.config.max_body_bytes
+                self.serving,
+                self.metrics,
+                device_id=self.config.device_id,
+                max_body_bytes=self.config.max_body_bytes,
+                routes=self.serving.routes(),
             )
             self.http = HttpServer(app, host, port)
             self.http.start()
@@ -101,7 +132,16 @@ class Agent:
                 on_complete=self._on_transfer_complete,
                 on_failed=self._on_transfer_failed,
                 state=self.device_state,
+                trust=self.trust,
+                report=self._step,
+                activate_installed=self.activate_installed,
             )
+            mqtt_serving = MqttServing(self.serving, self.mqtt, max_payload_bytes=self.config.max_body_bytes)
+            mqtt_serving.register_command("assign", self.mqtt.delivery.on_assign)  # signed assignments (edge.delivery)
+            mqtt_serving.attach()
+            self.telemetry = telemetry_for_agent(self)
+            self.telemetry.attach(self.mqtt)  # events, too, get sequence numbers and the on-disk spool
+            self.telemetry.start()
             self.mqtt.start()
         logger.info(
             "agent started",
@@ -119,8 +159,11 @@ class Agent:
         if self.mqtt is not None:
             self.mqtt.publish_state()
             self.mqtt.stop(timeout=timeout / 2)
+        if self.telemetry is not None:
+            self.telemetry.stop()  # what is undelivered stays spooled for the next start
         if self.http is not None:
             self.http.stop(timeout=timeout / 2)
+        self.serving.stop()
         if self._update_lock.acquire(timeout=timeout):  # let an install in progress finish
             self._update_lock.release()
         self.slot.close()
@@ -158,23 +201,113 @@ class Agent:
             model=current.info if current is not None else None,
             last_update=self._last_update,
             runtimes=self.runtimes,
-            hardware={"machine": platform.machine(), "system": platform.system(), "python": platform.python_version()},
+            hardware={
+                **self.hardware.as_state(),
+                **({"variant_choice": self._choice(current.bundle).reason} if current is not None else {}),
+            },
             http=self.http_url,
+            attributes=self.config.attributes,
+            delivery=self.mqtt.delivery.info() if self.mqtt is not None else None,
+            trust=self.trust.info(),
+            gate=self._last_gate,
         )
 
     # -- models -----------------------------------------------------------------------------
-    def _open_predictor(self, bundle: VerifiedBundle) -> Predictor:
-        return Predictor.from_verified(
-            bundle, variant=self.config.variants, runtime=self.config.runtime, threads=self.config.threads
+    def _choice(self, bundle: VerifiedBundle) -> Choice:
+        """Variant order and ONNX providers for this device (configuration first, then hardware)."""
+        return choose(
+            [v.name for v in bundle.manifest.variants],
+            self.hardware,
+            configured_variants=self.config.variants,
+            configured_providers=self.config.providers,
         )
 
+    def _open_predictor(self, bundle: VerifiedBundle) -> Predictor:
+        choice = self._choice(bundle)
+        return Predictor.from_verified(
+            bundle,
+            variant=choice.order,
+            runtime=self.config.runtime,
+            threads=self.config.threads,
+            providers=choice.providers or None,
+        )
+
+    def _gate(self, predictor: Predictor) -> None:
+        """The on-device holdout gate (edge.gate); raises GateFailed with the numbers."""
+        if self.config.gate == "off":
+            return
+        result = gate_predictor(predictor, margin=self.config.gate_margin, require=self.config.gate == "require")
+        self.metrics.gate_runs.labels(result.result).inc()
+        if not result.passed:
+            raise GateFailed(result)
+        self._step("gate_passed", predictor.version, figures=result.numbers(), **result.figures())
+
+    def _recover(self) -> None:
+        """Before serving: finish what a crash interrupted (edge.versions.recover), count offline rollbacks."""
+        self._no_serve = recover(self.store, self.history)
+        if n := self.history.take_unreported_rollbacks():
+            self.metrics.model_rollbacks.labels("manual").inc(n)
+
+    def reload(self) -> bool:
+        """Serve the version the store's pointer names if it is not the one served (e.g. after
+        ``edgeship agent rollback`` while running; ``kill -HUP``). True if the model changed."""
+        with self._update_lock:
+            self._recover()
+            pointer = self.store.active()
+            current = self.predictor
+            if pointer is None or (current is not None and current.digest == pointer.digest):
+                return False
+            try:
+                predictor = self._open_predictor(verify_unpacked(self.store.version_dir(pointer.version), self.store.trusted))
+            except Exception as exc:
+                logger.error("reload: version %d does not load, keeping the current model: %s", pointer.version, exc)
+                return False
+            self._serve(predictor)
+        logger.info("reloaded version %d from the store", pointer.version)
+        self._step("active", pointer.version, digest=pointer.digest, variant=predictor.variant, runtime=predictor.runtime_name)
+        return True
+
+    def rollback(self, to: int | None = None) -> bool:
+        """Go back one version (or to ``to``) while serving: the earlier version is loaded and warmed
+        beside the current one, the pointer moves atomically, then the predictor is swapped.
+        Raises :class:`edge.versions.RollbackError` when there is nothing verified to go back to."""
+        with self._update_lock:
+            target = rollback_target(self.store, self.history, to)
+            predictor = self._open_predictor(verify_unpacked(self.store.version_dir(target), self.store.trusted))
+            try:
+                old, new = rollback_store(self.store, self.history, to=target)
+            except BaseException:
+                predictor.close()
+                raise
+            self._serve(predictor)
+            self.history.take_unreported_rollbacks()
+            self.metrics.model_rollbacks.labels("manual").inc()
+            self._no_serve.add(old)
+        self._step("rolled_back", new, reason=f"from_v{old}")
+        return True
+
+    def activate_installed(self, version: int, digest: str) -> bool:
+        """A signed rollback command (edge.delivery) names ``version``: go back to it without a download
+        if it is installed here with ``digest``. False (nothing changed) when it is not."""
+        try:
+            if verify_unpacked(self.store.version_dir(version), self.store.trusted).digest != digest:
+                return False
+            return self.rollback(to=version)
+        except (BundleError, RollbackError, OSError) as exc:
+            logger.info("v%d is not available locally for a rollback: %s", version, exc)
+            return False
+
     def _serve(self, predictor: Predictor) -> None:
+        if self.slot.current is not None:
+            self.metrics.model_swaps.inc()
+        self.serving.adopt(predictor)  # online lag view re-based on the new bundle, fresh drift window
         self.slot.swap(predictor)
         self.metrics.set_model(predictor.info)
         self._status = "serving"
 
     def _load_last_good(self) -> None:
-        skip: set[int] = set()
+        before = self.store.active()
+        skip: set[int] = set(self._no_serve)  # rolled-back versions are not served again
         while (bundle := self.store.load_last_good(skip=skip)) is not None:
             version = bundle.manifest.version
             if self.config.model is not None and bundle.manifest.name != self.config.model:
@@ -185,10 +318,14 @@ class Agent:
                 continue
             try:
                 self._serve(self._open_predictor(bundle))
-                return
             except Exception as exc:
                 logger.error("installed version %d does not load: %s", version, exc)
                 skip.add(version)
+            else:
+                if before is not None and (before.version, before.digest) != (version, bundle.digest):
+                    self.metrics.model_rollbacks.labels("damaged").inc()  # the active one did not verify or load
+                self.history.record_activation(version, bundle.digest)
+                return
         logger.warning("no model installed yet; serving 503 until one arrives")
 
     def should_fetch(self, ann: ModelAnnouncement) -> str | None:
@@ -205,6 +342,8 @@ class Agent:
                 return "not_newer"
         if ann.sha256 in self._refused:
             return f"refused_before ({self._refused[ann.sha256]})"
+        if self.history.is_rolled_back(ann.sha256):
+            return "rolled_back"
         return None
 
     def install_and_activate(
@@ -223,29 +362,48 @@ class Agent:
             bundle: VerifiedBundle | None = None
             predictor: Predictor | None = None
             try:
-                bundle = self.store.install(bundle_path, digest=ann.sha256 if ann is not None else None)
+                bundle = self.store.install(
+                    bundle_path,
+                    digest=ann.sha256 if ann is not None else None,
+                    on_member=lambda _name: crash_point("during_unpack"),
+                )
+                crash_point("after_unpack")
                 version = bundle.manifest.version
                 self._check_update(bundle, ann, allow_downgrade)
                 self._step("verified", version, digest=bundle.digest, keyid=bundle.keyid)
-                predictor = self._open_predictor(bundle)
+                t_load = time.perf_counter()
+                predictor = self._open_predictor(bundle)  # loaded and warmed up beside the serving model
+                self._gate(predictor)
+                crash_point("before_pointer_write")
                 self.store.activate(version)
+                self.history.record_activation(version, bundle.digest)
+                crash_point("after_pointer_write_before_swap")
                 self._serve(predictor)
+                self.metrics.model_swap_seconds.observe(time.perf_counter() - t_load)
+                crash_point("after_swap")
             except Exception as exc:
                 if predictor is not None:
                     predictor.close()
                 if bundle is not None and version not in before:
                     with contextlib.suppress(OSError, ValueError):
                         self.store.remove(version)
+                sha = ann.sha256 if ann is not None else None
+                if isinstance(exc, GateFailed):  # not activated; reported with the numbers
+                    if sha is not None:
+                        self._refused[sha] = exc.reason
+                    figures = exc.result.figures()
+                    self._step("gate_failed", version, exc.reason, figures=exc.result.numbers(), message=str(exc), **figures)
+                    return False
                 reason = exc.reason if isinstance(exc, BundleError) else "load_failed"
                 if not isinstance(exc, BundleError):
                     logger.exception("activating version %d failed", version)
-                self._refuse(version, reason, str(exc), ann.sha256 if ann is not None else None)
+                self._refuse(version, reason, str(exc), sha)
                 return False
             finally:
                 if bundle_path.resolve().parent == self.store.downloads_dir.resolve():
                     bundle_path.unlink(missing_ok=True)
             try:
-                self.store.prune(self.config.keep_versions)
+                prune_versions(self.store, self.history, self.config.keep_versions)
             except OSError as exc:
                 logger.warning("pruning old versions failed: %s", exc)
         info = predictor.info
@@ -268,9 +426,13 @@ class Agent:
                 raise BundleError("rollback", f"v{m.version} is not newer than the active v{current.version}")
 
     # -- update reporting -------------------------------------------------------------------
-    def _step(self, outcome: str, version: int, reason: str | None = None, **detail: Any) -> None:
+    def _step(
+        self, outcome: str, version: int, reason: str | None = None, *, figures: dict[str, float] | None = None, **detail: Any
+    ) -> None:
         self.metrics.model_updates.labels(outcome).inc()
-        self._last_update = UpdateOutcome(version=version, outcome=outcome, reason=reason)  # type: ignore[arg-type]
+        self._last_update = UpdateOutcome(version=version, outcome=outcome, reason=reason, figures=figures or {})  # type: ignore[arg-type]
+        if outcome in ("gate_passed", "gate_failed"):
+            self._last_gate = self._last_update  # kept in the retained state for the fleet view
         log = logger.warning if outcome in ("refused", "failed") else logger.info
         fields = {k: v for k, v in detail.items() if k != "message"}  # "message" is the record's own
         log(
@@ -297,7 +459,11 @@ class Agent:
             transfer.discard()
             self._refuse(ann.version, exc.reason, str(exc), ann.sha256)
             return
-        self.install_and_activate(path, ann)
+        current = self.predictor
+        older = current is not None and current.name == ann.model and ann.version < current.version
+        # only a signed rollback command (edge.delivery) sets downgrade
+        if self.install_and_activate(path, ann, allow_downgrade=transfer.downgrade) and transfer.downgrade and older:
+            self._step("rolled_back", ann.version, reason="rollback_command")
 
     def _on_transfer_failed(self, ann: ModelAnnouncement, reason: str, message: str) -> None:
         if reason in _TRANSIENT:
@@ -313,12 +479,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", required=True, type=Path, help="folder for model versions and downloads")
     p.add_argument(
         "--trust",
-        required=True,
         action="append",
         type=Path,
         metavar="PUBKEY",
-        help="trusted signing public key (PEM); repeatable",
+        help="trusted (pinned) signing public key (PEM); repeatable; --trust or --trust-root is required",
     )
+    p.add_argument(
+        "--trust-root",
+        action="append",
+        type=Path,
+        metavar="ROOTPUB",
+        help="root public key (PEM): trust the signing keys its signed key list names (rotation, revocation)",
+    )
+    p.add_argument(
+        "--attr",
+        dest="attributes",
+        action="append",
+        metavar="KEY=VALUE",
+        help="attribute reported for rollout selection, e.g. store_type=A, cluster=13, hardware=rpi4; repeatable",
+    )
+    p.add_argument("--transfer-window", type=int, help="bundle chunks requested at once (default 8)")
+    p.add_argument("--max-transfer-rate", dest="transfer_max_bps", type=int, metavar="BYTES_PER_S",
+                   help="cap on bundle download speed (default: none)")  # fmt: skip
     p.add_argument("--broker", help="MQTT broker, mqtt://HOST:PORT (credentials: EDGESHIP_MQTT_USERNAME/_PASSWORD)")
     p.add_argument("--http", metavar="HOST:PORT", help="serve HTTP here ([::1]:8080 for IPv6; port 0 = any free port)")
     p.add_argument("--fleet", help="fleet id (default: default)")
@@ -333,19 +515,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--runtime", choices=sorted(REGISTRY), help="force one runtime plugin (fake: tests and demos)")
     p.add_argument("--threads", type=int, help="threads per inference runtime (default 1)")
+    p.add_argument(
+        "--providers",
+        action="extend",
+        nargs="+",
+        metavar="NAME",
+        help="ONNX Runtime execution providers in order, e.g. tensorrt cuda cpu (default: those available of these)",
+    )
+    p.add_argument(
+        "--gate",
+        choices=["require", "if_present", "off"],
+        help="on-device holdout gate before activation (default require)",
+    )
+    p.add_argument("--gate-margin", type=float, help="allowed relative NWRMSLE increase in the gate (default 0.02)")
+    p.add_argument(
+        "--install",
+        action="append",
+        type=Path,
+        metavar="BUNDLE",
+        help="install and activate this bundle file after start-up (side-loading; verified and gated like any update)",
+    )
     p.add_argument("--keep-versions", type=int, help="installed versions kept on disk (default 3)")
+    p.add_argument(
+        "--option",
+        dest="options",
+        action="append",
+        type=_option,
+        metavar="SECTION.FIELD=VALUE",
+        help="a nested setting, repeatable: batching.max_wait_ms=2, candidate.version=3, candidate.mode=ab, "
+        "candidate.share=0.1, predlog.sample_rate=0.2, telemetry.interval_s=30, drift.window_rows=5000 …",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """An :class:`AgentConfig` from parsed arguments (unset options keep the config's defaults)."""
-    fields = {k: v for k, v in vars(args).items() if k != "log_level" and v is not None}
-    return AgentConfig(**fields)
+    fields = {k: v for k, v in vars(args).items() if k not in ("log_level", "install", "options") and v is not None}
+    return AgentConfig(**with_options(fields, getattr(args, "options", None) or []))
+
+
+def _option(text: str) -> tuple[tuple[str, ...], object]:
+    try:
+        return parse_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``edgeship agent ...``: run until SIGINT/SIGTERM. Logs JSON lines to stderr; prints the HTTP URL."""
+    """``edgeship agent ...``: run until SIGINT/SIGTERM. Logs JSON lines to stderr; prints the HTTP URL.
+
+    ``edgeship agent rollback --state-dir DIR --trust PUBKEY`` goes back one model version instead
+    (offline, on the store; see :mod:`edge.versions`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["rollback"]:
+        return rollback_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)  # one JSON object per line on stderr
     try:
@@ -354,11 +578,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for err in exc.errors(include_url=False):
             logger.error("invalid option --%s: %s", ".".join(map(str, err["loc"])).replace("_", "-"), err["msg"])
         return 2
-    stop = threading.Event()
+    stop, reload = threading.Event(), threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda signum, _frame: stop.set())
+            previous[sig] = signal.signal(sig, lambda signum, _frame: (stop.set(), reload.set()))
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda signum, _frame: reload.set())
     try:
         try:
             agent = Agent(config).start()
@@ -367,7 +592,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         if agent.http_url:
             print(agent.http_url, flush=True)
-        stop.wait()
+        for bundle in args.install or ():  # side-loaded (USB stick, provisioning): the same checks as MQTT
+            agent.install_and_activate(bundle)
+        while not stop.is_set():
+            # A timeout, not a bare wait: a signal the kernel hands to another thread (it does when the
+            # main thread is ptrace-stopped, e.g. under strace) runs its handler only once the main
+            # thread returns to the interpreter; a bare wait would sleep through SIGTERM.
+            if reload.wait(0.5) and not stop.is_set():
+                reload.clear()
+                agent.reload()  # SIGHUP: serve what the store's pointer names (after `edgeship agent rollback`)
         logger.info("stopping")
         agent.stop()
         return 0

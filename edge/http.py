@@ -15,6 +15,8 @@ Endpoints::
                       → 200 {"predictions": [4.2], "model": {"name", "version", "digest", "variant", "runtime"}}
                       → 4xx {"error": {"code": "invalid_request", "message", "details": [{"field", "rule", "message"}]}}
                       → 503 {"error": {"code": "no_model", "message"}} while no model is active
+    POST /v1/predict:batch, POST /v1/sales   (added by edge.serving: bulk rows with per-row errors;
+                      actual sales for the online lag state)
     GET  /healthz     → {"status": "ok" | "no_model", "device_id", "model": {...} | null}
     GET  /metrics     → Prometheus text format
 
@@ -33,14 +35,16 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from edge.batching import Overloaded
 from edge.errors import InferenceError, RequestError, detail
 from edge.metrics import AgentMetrics
 from edge.slot import ModelSlot
@@ -79,8 +83,19 @@ def _error(code: str, message: str, status: int, **headers: str) -> JSONResponse
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers or None)
 
 
-def create_app(slot: ModelSlot, metrics: AgentMetrics, *, device_id: str, max_body_bytes: int = 1 << 20) -> Starlette:
-    """The agent's HTTP app, serving whatever predictor ``slot`` holds at each request."""
+def create_app(
+    slot: ModelSlot,
+    metrics: AgentMetrics,
+    *,
+    device_id: str,
+    max_body_bytes: int = 1 << 20,
+    routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The agent's HTTP app, serving whatever predictor ``slot`` holds at each request.
+
+    ``slot`` may be an :class:`edge.serving.Serving` (same ``use()``/``current``): its predictors
+    offer ``predict_async``, awaited so concurrent requests batch. ``routes`` are added as they are
+    (``POST /v1/predict:batch``, ``POST /v1/sales`` from :meth:`edge.serving.Serving.routes`)."""
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
@@ -92,7 +107,11 @@ def create_app(slot: ModelSlot, metrics: AgentMetrics, *, device_id: str, max_bo
                 if predictor is None:
                     outcome = "unavailable"
                     return _error("no_model", "no model is active yet", 503, **{"Retry-After": "5"})
-                predictions = predictor.predict(body, timings=timings)  # type: ignore[attr-defined]
+                predict_async = getattr(predictor, "predict_async", None)  # edge.serving: batched
+                if predict_async is not None:
+                    predictions = await predict_async(body, timings=timings)
+                else:
+                    predictions = predictor.predict(body, timings=timings)  # type: ignore[attr-defined]
                 model = predictor.info.model_dump()  # type: ignore[attr-defined]
             outcome, rows = "ok", len(predictions)
             return JSONResponse({"predictions": predictions, "model": model})
@@ -102,6 +121,9 @@ def create_app(slot: ModelSlot, metrics: AgentMetrics, *, device_id: str, max_bo
         except InferenceError as exc:
             logger.error("inference failed: %s", exc)
             return _error("inference_failed", str(exc), 500)
+        except Overloaded as exc:
+            outcome = "unavailable"
+            return _error("overloaded", str(exc), 503, **{"Retry-After": "1"})
         except Exception:
             logger.exception("predict failed")
             return _error("internal", "internal error", 500)
@@ -122,6 +144,7 @@ def create_app(slot: ModelSlot, metrics: AgentMetrics, *, device_id: str, max_bo
             Route("/v1/predict", predict, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
+            *routes,
         ]
     )
 

@@ -27,7 +27,9 @@ __all__ = ["AgentMetrics", "TRANSPORTS", "OUTCOMES"]
 #: Bounded label values.
 TRANSPORTS = ("http", "mqtt", "serial")
 OUTCOMES = ("ok", "invalid", "unavailable", "error")
-UPDATE_OUTCOMES = ("received", "verified", "active", "refused", "failed")
+UPDATE_OUTCOMES = ("received", "verified", "gate_passed", "gate_failed", "active", "rolled_back", "refused", "failed")
+GATE_RESULTS = ("passed", "failed", "skipped")
+ROLLBACK_REASONS = ("manual", "damaged")
 
 _REQUEST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _STAGE_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1)
@@ -60,11 +62,27 @@ class AgentMetrics:
         self.model_info = Gauge(
             "edgeship_model_info",
             "The active model (1); no series while none is active.",
-            ["name", "version", "digest", "variant", "runtime"],
+            ["name", "version", "digest", "variant", "runtime", "providers"],
             registry=r,
         )
         self.model_updates = Counter(
             "edgeship_model_updates", "Model update steps by outcome.", ["outcome"], registry=r
+        )
+        self.gate_runs = Counter(
+            "edgeship_gate_runs", "On-device holdout gate runs by result (passed, failed, skipped).", ["result"], registry=r
+        )
+        self.model_rollbacks = Counter(
+            "edgeship_model_rollbacks",
+            "Rollbacks to an earlier version: manual (CLI or API) or damaged (the active one failed at start-up).",
+            ["reason"],
+            registry=r,
+        )
+        self.model_swaps = Counter("edgeship_model_swaps", "Hot swaps of the served model.", registry=r)
+        self.model_swap_seconds = Histogram(
+            "edgeship_model_swap_seconds",
+            "Time to load, warm up and gate a new model beside the old one, until it serves.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
         )
         self.bundle_bytes_received = Counter(
             "edgeship_bundle_received_bytes", "Bundle bytes received in good chunks.", registry=r
@@ -95,7 +113,9 @@ class AgentMetrics:
         """Make ``info`` the only ``edgeship_model_info`` series (none when ``info`` is None)."""
         self.model_info.clear()
         if info is not None:
-            self.model_info.labels(info.name, str(info.version), info.digest, info.variant, info.runtime).set(1)
+            self.model_info.labels(
+                info.name, str(info.version), info.digest, info.variant, info.runtime, ",".join(info.providers)
+            ).set(1)
 
     def exposition(self) -> tuple[bytes, str]:
         """Prometheus text format and its content type."""

@@ -16,6 +16,7 @@ may be called from several threads.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ from models.manifest import Manifest, Variant
 from models.messages import ActiveModel
 from models.signing import load_public_key
 
-__all__ = ["Predictor", "TrustSpec", "load_trusted_keys", "RequestError", "InferenceError", "STAGES"]
+__all__ = ["Predictor", "Prepared", "TrustSpec", "load_trusted_keys", "RequestError", "InferenceError", "STAGES", "to_units"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +77,14 @@ def _candidates(manifest: Manifest, variant: str | Sequence[str] | None) -> list
 
 
 def _load_runtime(
-    bundle: VerifiedBundle, variant: str | Sequence[str] | None, runtime: str | None, threads: int
+    bundle: VerifiedBundle,
+    variant: str | Sequence[str] | None,
+    runtime: str | None,
+    threads: int,
+    providers: Sequence[str] | None = None,
 ) -> tuple[Variant, Runtime]:
-    """Load the first candidate variant that a usable runtime loads and warms up."""
+    """Load the first candidate variant that a usable runtime loads and warms up (``providers``:
+    execution providers for runtimes that take them, e.g. ONNX Runtime's; see :mod:`edge.hardware`)."""
     avail = available_runtimes()
     problems: list[str] = []
     for v in _candidates(bundle.manifest, variant):
@@ -90,7 +96,8 @@ def _load_runtime(
         if not cls.accepts(v.file):
             problems.append(f"{v.name}: runtime {name} does not load {Path(v.file).suffix} files")
             continue
-        rt = cls(bundle.path(v.file), threads=threads)
+        options = {"providers": list(providers)} if providers and cls.accepts_providers else {}
+        rt = cls(bundle.path(v.file), threads=threads, **options)
         try:
             rt.load()
         except (RuntimeLoadError, RuntimeUnavailable) as exc:
@@ -119,6 +126,31 @@ def _load_tables_and_state(bundle: VerifiedBundle) -> tuple[Tables, SalesState]:
     return tables, state
 
 
+def to_units(y: np.ndarray) -> np.ndarray:
+    """Model outputs (log1p space) → unit sales, rounded as every response reports them."""
+    return np.round(target_inverse(y), DECIMALS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """One request's rows, validated and checked, with the lag windows they will be encoded with.
+
+    Made by :meth:`Predictor.prepare`; several are encoded and inferred as one batch by
+    :meth:`Predictor.predict_prepared` (what :mod:`edge.batching` does for concurrent requests).
+    """
+
+    request: PredictRequest
+    dates: np.ndarray  # M8[D] [n]
+    store_nbr: np.ndarray  # int64 [n]
+    item_nbr: np.ndarray  # int64 [n]
+    onpromotion: np.ndarray  # bool [n]
+    windows: np.ndarray  # float32 [n, LAG_WINDOW_DAYS], a copy taken when the request was checked
+    window_end: np.datetime64  # last day of the windows
+
+    def __len__(self) -> int:
+        return int(self.dates.shape[0])
+
+
 class Predictor:
     """A loaded, verified model version. Build it with :meth:`open` or :meth:`from_verified`."""
 
@@ -137,6 +169,7 @@ class Predictor:
         self._runtime = runtime
         self._tables = tables
         self._state = state
+        self._bundle_state = state  # what the bundle shipped; set_state() may serve a newer one
         self._owned_dir = owned_dir
         self._lock = threading.Lock()
         self._closed = False
@@ -149,6 +182,7 @@ class Predictor:
             digest=bundle.digest,
             variant=variant.name,
             runtime=runtime.name,
+            providers=list(runtime.active_providers),
         )
 
     # -- construction -----------------------------------------------------------------------
@@ -161,17 +195,19 @@ class Predictor:
         variant: str | Sequence[str] | None = None,
         runtime: str | None = None,
         threads: int = 1,
+        providers: Sequence[str] | None = None,
     ) -> Predictor:
         """Verify and load a bundle ``.tar`` (unpacked into a temp dir that :meth:`close` removes)
         or an unpacked bundle folder (re-verified in place). Raises :class:`BundleError`."""
         keys = load_trusted_keys(trust)
         path = Path(path)
+        opts = {"variant": variant, "runtime": runtime, "threads": threads, "providers": providers}
         if path.is_dir():
-            return cls.from_verified(verify_unpacked(path, keys), variant=variant, runtime=runtime, threads=threads)
+            return cls.from_verified(verify_unpacked(path, keys), **opts)
         tmp = Path(tempfile.mkdtemp(prefix="edgeship-bundle-"))
         try:
             bundle = unpack_bundle(path, tmp / "bundle", keys)
-            return cls.from_verified(bundle, variant=variant, runtime=runtime, threads=threads, _owned_dir=tmp)
+            return cls.from_verified(bundle, **opts, _owned_dir=tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -184,13 +220,14 @@ class Predictor:
         variant: str | Sequence[str] | None = None,
         runtime: str | None = None,
         threads: int = 1,
+        providers: Sequence[str] | None = None,
         _owned_dir: Path | None = None,
     ) -> Predictor:
         """Load a bundle that :mod:`models.bundle` verified: tables, state, and the first variant
         (manifest order, or ``variant``: one name, or a preference list) whose runtime loads it and
         passes warm-up. ``runtime`` forces one plugin (e.g. ``"fake"`` in tests)."""
         tables, state = _load_tables_and_state(bundle)
-        chosen, rt = _load_runtime(bundle, variant, runtime, threads)
+        chosen, rt = _load_runtime(bundle, variant, runtime, threads, providers)
         logger.info(
             "loaded model",
             extra={
@@ -198,6 +235,7 @@ class Predictor:
                 "version": bundle.manifest.version,
                 "variant": chosen.name,
                 "runtime": rt.name,
+                "providers": rt.active_providers,
             },
         )
         return cls(bundle, chosen, rt, tables, state, owned_dir=_owned_dir)
@@ -252,21 +290,7 @@ class Predictor:
         stage) if given. Raises :class:`RequestError` (4xx) or :class:`InferenceError` (500)."""
         if self._closed:
             raise InferenceError("predictor is closed")
-        enc = self.encode(instances, timings=timings)
-        t2 = time.perf_counter()
-        with self._lock:
-            if self._closed:
-                raise InferenceError("predictor is closed")
-            try:
-                y = self._runtime.infer(enc.as_feed())
-            except Exception as exc:
-                raise InferenceError(f"{self._runtime.name} failed: {exc}") from exc
-        t3 = time.perf_counter()
-        if not np.all(np.isfinite(y)):
-            raise InferenceError("the model produced a non-finite prediction")
-        if timings is not None:
-            timings["infer"] = t3 - t2
-        return np.round(target_inverse(y), DECIMALS).tolist()
+        return self.predict_prepared([self.prepare(instances, timings=timings)], timings=timings)[0]
 
     def encode(
         self,
@@ -279,26 +303,120 @@ class Predictor:
         The same :func:`models.features.encode` the trainer calls, fed from the bundle's tables and
         lag windows: ``tests/unit/test_golden_encoding.py`` holds both sides to identical arrays.
         """
+        prepared = self.prepare(instances, timings=timings)
+        t1 = time.perf_counter()
+        enc = self.encode_prepared([prepared])
+        if timings is not None:
+            timings["encode"] = time.perf_counter() - t1
+        return enc
+
+    def prepare(
+        self,
+        instances: PredictRequest | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        timings: dict[str, float] | None = None,
+    ) -> Prepared:
+        """Validate one request and take its rows' lag windows, without encoding (stage ``validate``).
+
+        Errors are the request's own (:class:`RequestError`); what passes can be encoded and
+        inferred together with other requests' rows by :meth:`predict_prepared`.
+        """
         t0 = time.perf_counter()
         request = self.validate(instances)
         rows = request.instances
+        state = self._state  # one snapshot: set_state() may replace it while this request runs
         dates = np.array([r.date for r in rows], dtype="M8[D]")
         store = np.array([r.store_nbr for r in rows], dtype=np.int64)
         item = np.array([r.item_nbr for r in rows], dtype=np.int64)
-        pair = self._check_known(dates, store, item)
-        t1 = time.perf_counter()
-        enc = encode(
-            self._tables,
+        pair = self._check_known(dates, store, item, state)
+        prepared = Prepared(
+            request=request,
             dates=dates,
             store_nbr=store,
             item_nbr=item,
             onpromotion=np.array([r.onpromotion for r in rows], dtype=bool),
-            windows=self._state.window[pair],
-            window_end=self._state.end_date,
+            windows=state.window[pair],
+            window_end=state.end_date,
         )
         if timings is not None:
-            timings.update(validate=t1 - t0, encode=time.perf_counter() - t1)
-        return enc
+            timings["validate"] = time.perf_counter() - t0
+        return prepared
+
+    def encode_prepared(self, batch: Sequence[Prepared]) -> Encoded:
+        """The model inputs of several prepared requests' rows, in order, as one batch."""
+        if len(batch) == 1:
+            p = batch[0]
+            return encode(
+                self._tables,
+                dates=p.dates,
+                store_nbr=p.store_nbr,
+                item_nbr=p.item_nbr,
+                onpromotion=p.onpromotion,
+                windows=p.windows,
+                window_end=p.window_end,
+            )
+        ends = np.array([p.window_end for p in batch], dtype="M8[D]")
+        return encode(
+            self._tables,
+            dates=np.concatenate([p.dates for p in batch]),
+            store_nbr=np.concatenate([p.store_nbr for p in batch]),
+            item_nbr=np.concatenate([p.item_nbr for p in batch]),
+            onpromotion=np.concatenate([p.onpromotion for p in batch]),
+            windows=np.concatenate([p.windows for p in batch]),
+            window_end=ends[0] if np.all(ends == ends[0]) else np.repeat(ends, [len(p) for p in batch]),
+        )
+
+    def infer_encoded(self, enc: Encoded) -> np.ndarray:
+        """Run the runtime (serialised: runtimes are not thread-safe); float32 [N] in log1p space."""
+        with self._lock:
+            if self._closed:
+                raise InferenceError("predictor is closed")
+            try:
+                y = self._runtime.infer(enc.as_feed())
+            except Exception as exc:
+                raise InferenceError(f"{self._runtime.name} failed: {exc}") from exc
+        if not np.all(np.isfinite(y)):
+            raise InferenceError("the model produced a non-finite prediction")
+        return y
+
+    def predict_prepared(self, batch: Sequence[Prepared], *, timings: dict[str, float] | None = None) -> list[list[float]]:
+        """Unit sales for several prepared requests, encoded and inferred as one batch; one list each."""
+        t1 = time.perf_counter()
+        enc = self.encode_prepared(batch)
+        t2 = time.perf_counter()
+        y = self.infer_encoded(enc)
+        if timings is not None:
+            timings.update(encode=t2 - t1, infer=time.perf_counter() - t2)
+        units = to_units(y).tolist()
+        out, start = [], 0
+        for p in batch:
+            out.append(units[start : start + len(p)])
+            start += len(p)
+        return out
+
+    # -- lag state --------------------------------------------------------------------------
+    @property
+    def tables(self) -> Tables:
+        """The bundle's lookup tables (stores, items, holidays)."""
+        return self._tables
+
+    @property
+    def bundle_state(self) -> SalesState:
+        """The lag windows the bundle shipped."""
+        return self._bundle_state
+
+    @property
+    def sales_state(self) -> SalesState:
+        """The lag windows requests are encoded with now (the bundle's, or one given to :meth:`set_state`)."""
+        return self._state
+
+    def set_state(self, state: SalesState) -> None:
+        """Encode requests with ``state`` from now on (e.g. :mod:`edge.online_state`'s windows, kept
+        current from actual sales); the horizon moves with its ``end_date``. Requests already
+        checked keep the windows they were checked with."""
+        end = np.datetime64(state.end_date, "D")
+        self._end, self._last_day = end, end + np.timedelta64(self.manifest.contract.horizon_days, "D")
+        self._state = state
 
     def validate(self, instances: PredictRequest | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> PredictRequest:
         """Schema validation only (types, required fields, batch size); raises :class:`RequestError`."""
@@ -322,12 +440,17 @@ class Predictor:
                 [detail("instances", "max_batch", f"has {n} rows, at most {limit} are allowed")], status=413
             )
 
-    def _check_known(self, dates: np.ndarray, store: np.ndarray, item: np.ndarray) -> np.ndarray:
+    def _check_known(
+        self, dates: np.ndarray, store: np.ndarray, item: np.ndarray, state: SalesState | None = None
+    ) -> np.ndarray:
         """Rows' state index; RequestError if a store/item/pair is unknown or a date out of horizon."""
+        state = state if state is not None else self._state
+        end = np.datetime64(state.end_date, "D")
+        last_day = end + np.timedelta64(self.manifest.contract.horizon_days, "D")
         s_ok = self._tables.store_index(store) >= 0
         i_ok = self._tables.item_index(item) >= 0
-        pair = self._state.pair_index(store, item)
-        d_ok = (dates > self._end) & (dates <= self._last_day)
+        pair = state.pair_index(store, item)
+        d_ok = (dates > end) & (dates <= last_day)
         bad = np.flatnonzero(~(s_ok & i_ok & (pair >= 0) & d_ok))
         if not len(bad):
             return pair
@@ -345,8 +468,8 @@ class Predictor:
                     detail(
                         f"{row}.date",
                         "horizon",
-                        f"{dates[r]} must be after {self._end} (last day of known sales) and "
-                        f"at most {self.manifest.contract.horizon_days} days after it (until {self._last_day})",
+                        f"{dates[r]} must be after {end} (last day of known sales) and "
+                        f"at most {self.manifest.contract.horizon_days} days after it (until {last_day})",
                     )
                 )
         raise RequestError(problems)

@@ -46,6 +46,7 @@ class ModelSlot:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lease: _Lease | None = None
+        self._retiring: list[_Lease] = []  # swapped out, still held by in-flight requests
 
     @property
     def current(self) -> Closeable | None:
@@ -66,20 +67,37 @@ class ModelSlot:
             if lease is not None:
                 self._release(lease)
 
+    @property
+    def retiring(self) -> int:
+        """Swapped-out predictors still serving in-flight requests (closed when those end)."""
+        with self._lock:
+            return len(self._retiring)
+
     def _release(self, lease: _Lease) -> None:
         with self._lock:
             lease.refs -= 1
             close = lease.retired and lease.refs == 0
+            if close:
+                self._retiring.remove(lease)
         if close:
             self._close(lease)
 
     def swap(self, new: Closeable | None) -> None:
-        """Make ``new`` active; the previous one is closed once no request holds it."""
+        """Make ``new`` active; the previous one is closed once no request holds it.
+
+        Atomic for readers: a request gets the old or the new predictor, never none in between.
+        Swapping in the predictor that is already active changes nothing (it is not closed)."""
         with self._lock:
-            old, self._lease = self._lease, (_Lease(new) if new is not None else None)
+            old = self._lease
+            if old is not None and new is old.value:
+                return
+            self._lease = _Lease(new) if new is not None else None
+            close = False
             if old is not None:
                 old.retired = True
-            close = old is not None and old.refs == 0
+                close = old.refs == 0
+                if not close:
+                    self._retiring.append(old)
         if close:
             assert old is not None
             self._close(old)

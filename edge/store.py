@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -52,13 +52,13 @@ class ModelStore:
     """Versioned model folders under ``<state_dir>/models`` and the ``active.json`` pointer."""
 
     def __init__(self, state_dir: str | os.PathLike[str], trusted: Sequence[Ed25519PublicKey]) -> None:
-        if not trusted:
-            raise ValueError("a model store needs at least one trusted public key")
         self.root = Path(state_dir)
         self.models_dir = self.root / "models"
         self.downloads_dir = self.root / "downloads"
         self.pointer_path = self.root / "active.json"
-        self.trusted = list(trusted)
+        # A list is kept, not copied: the agent's trust store (models.keys.TrustStore) updates it in
+        # place when a root-signed key list adds or revokes signing keys (it may start empty).
+        self.trusted = trusted if isinstance(trusted, list) else list(trusted)
         for d in (self.root, self.models_dir, self.downloads_dir):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -88,7 +88,13 @@ class ModelStore:
             return None
 
     # -- writing ----------------------------------------------------------------------------
-    def install(self, bundle_path: str | os.PathLike[str], digest: str | None = None) -> VerifiedBundle:
+    def install(
+        self,
+        bundle_path: str | os.PathLike[str],
+        digest: str | None = None,
+        *,
+        on_member: Callable[[str], None] | None = None,
+    ) -> VerifiedBundle:
         """Verify ``bundle_path`` completely (signature, every member, nothing extra; its sha256 if
         ``digest`` is given) and unpack it into ``models/<version>``. Raises :class:`BundleError`
         and leaves nothing behind when any check fails.
@@ -116,8 +122,8 @@ class ModelStore:
                     "version_conflict",
                     f"version {manifest.version} is active with another digest; a version is never replaced",
                 )
-            shutil.rmtree(dest)
-        return unpack_bundle(bundle_path, dest, self.trusted, digest=digest)
+            self.discard_dir(dest)
+        return unpack_bundle(bundle_path, dest, self.trusted, digest=digest, on_member=on_member)
 
     def activate(self, version: int) -> ActivePointer:
         """Point ``active.json`` at an installed version (atomic: temp file, fsync, rename, fsync dir)."""
@@ -158,7 +164,7 @@ class ModelStore:
         active = self.active()
         if active is not None and active.version == version:
             raise ValueError(f"version {version} is active; it cannot be removed")
-        shutil.rmtree(self.version_dir(version), ignore_errors=True)
+        self.discard_dir(self.version_dir(version))
 
     def prune(self, keep: int) -> list[int]:
         """Keep the newest ``keep`` versions and the active one; delete the rest. Returns the removed."""
@@ -169,10 +175,20 @@ class ModelStore:
         keep_set = set(versions[:keep]) | ({active.version} if active else set())
         removed = [v for v in versions if v not in keep_set]
         for v in removed:
-            shutil.rmtree(self.version_dir(v), ignore_errors=True)
+            self.discard_dir(self.version_dir(v))
             logger.info("pruned version %d", v)
         self.clean_stray()
         return removed
+
+    def discard_dir(self, path: Path) -> None:
+        """Delete a version folder without ever leaving half of it under its number: rename it to a
+        ``.``-name first (atomic), then delete; a crash in between leaves a stray for clean_stray."""
+        if not path.exists():
+            return
+        trash = self.models_dir / f".discard-{path.name}-{os.getpid()}"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.rename(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def clean_stray(self) -> list[Path]:
         """Remove temp leftovers of interrupted writes (``models/.*``, ``.active.json.*``)."""

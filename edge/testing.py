@@ -42,6 +42,10 @@ __all__ = [
     "LINEAR_WEIGHTS",
     "tflite_linear",
     "onnx_linear",
+    "SAMPLE_TOLERANCE",
+    "WRONG_WEIGHTS",
+    "real_models",
+    "build_wrong_model_bundle",
 ]
 
 STORES = [
@@ -81,21 +85,35 @@ def sample_state(seed: int = 0) -> SalesState:
     )
 
 
-def _holdout(tables: Tables, state: SalesState) -> bytes:
-    n = len(state.store_nbr)
-    days = state.end_date + 1 + np.arange(n) % 4  # the four days after the state's last day
+def _holdout(
+    tables: Tables, state: SalesState, variants: Sequence[str] = (), weights: np.ndarray | None = None
+) -> tuple[bytes, float]:
+    """A gate-ready holdout slice: every pair on the four days after the state, some on promotion;
+    ``y`` = lag_mean_7 (the "truth"), ``pred_<variant>`` and ``pred_keras`` = what the linear model
+    with ``weights`` (default :data:`LINEAR_WEIGHTS`) predicts. Returns the npz bytes and its NWRMSLE."""
+    from models.metrics import weighted_rmse_log, weights as kaggle_weights
+
+    pairs = len(state.store_nbr)
+    rows = np.arange(pairs * 4)
+    pair = rows % pairs
     enc = encode(
         tables,
-        dates=days,
-        store_nbr=state.store_nbr,
-        item_nbr=state.item_nbr,
-        onpromotion=np.arange(n) % 4 == 1,
-        windows=state.window,
+        dates=state.end_date + 1 + rows // pairs,  # the four days after the state's last day
+        store_nbr=state.store_nbr[pair],
+        item_nbr=state.item_nbr[pair],
+        onpromotion=rows % 3 == 1,
+        windows=state.window[pair],
         window_end=state.end_date,
     )
+    w = np.asarray(LINEAR_WEIGHTS if weights is None else weights, np.float32)
+    pred = (enc.num @ w).astype(np.float32)
+    y = enc.num[:, 8].astype(np.float32)
+    perishable = {i["item_nbr"]: bool(i["perishable"]) for i in ITEMS}
+    weight = kaggle_weights([perishable.get(int(i), False) for i in state.item_nbr[pair]]).astype(np.float32)
+    preds = {f"pred_{v.replace('-', '_')}": pred for v in ("keras", *variants)}
     buf = io.BytesIO()
-    np.savez_compressed(buf, cat=enc.cat, num=enc.num, y=enc.num[:, 8].copy(), weight=np.ones(len(enc), np.float32))
-    return buf.getvalue()
+    np.savez_compressed(buf, cat=enc.cat, num=enc.num, y=y, weight=weight, **preds)
+    return buf.getvalue(), weighted_rmse_log(y, np.maximum(pred, 0), weight)
 
 
 def build_bundle(
@@ -111,11 +129,16 @@ def build_bundle(
     extra_members: Mapping[str, bytes] | None = None,
     tables: Tables | None = None,
     state: SalesState | None = None,
+    expected_weights: np.ndarray | None = None,
 ) -> tuple[Path, Manifest]:
     """A real, signed bundle with the sample tables and state and dummy model files.
 
     ``model_bytes`` maps a variant name to its file's bytes (default ``b"fake <variant>"``), so a
     test can ship a real tiny model for one variant and dummies (for the fake runtime) for others.
+    The holdout slice and the manifest's gate figures (``holdout_nwrmsle``, ``tolerances``) say the
+    trainer measured the linear model with ``expected_weights`` (default :data:`LINEAR_WEIGHTS`,
+    what the fake runtime, :func:`tflite_linear` and :func:`onnx_linear` compute), so the agent's
+    on-device gate passes; ship other weights to make it fail (:func:`build_wrong_model_bundle`).
     """
     from cloud.bundle import write_bundle  # the trainer's packer; only tests and demos need it
 
@@ -124,9 +147,10 @@ def build_bundle(
     members: dict[str, bytes] = {
         "tables.json": json.dumps(tables.to_json()).encode(),
         "state.npz": state.to_bytes(),
-        "holdout.npz": _holdout(tables, state),
+        "holdout.npz": b"",  # below, once the variants are known
         "reference_stats.json": json.dumps({"num_mean": [0.0] * len(NUM_FEATURES)}).encode(),
     }
+    members["holdout.npz"], holdout_nwrmsle = _holdout(tables, state, variants, expected_weights)
     variant_entries = []
     for v in variants:
         kind, precision = v.split("-", 1)
@@ -140,7 +164,7 @@ def build_bundle(
                 "file": file,
                 "precision": precision,
                 "size_bytes": len(data),
-                "metrics": {"nwrmsle": 0.5, "r2": 0.3},
+                "metrics": {"nwrmsle": 0.5, "r2": 0.3, "holdout_nwrmsle": holdout_nwrmsle},
             }
         )
     members.update(extra_members or {})
@@ -156,7 +180,7 @@ def build_bundle(
             "rows": {"train": 100, "validation": 20},
             "code_revision": "unknown",
         },
-        "parameters": {"recipe": "sample"},
+        "parameters": {"recipe": "sample", "tolerances": {v: dict(SAMPLE_TOLERANCE) for v in variants}},
         "metrics": {"keras": {"nwrmsle": 0.5}},
         "variants": variant_entries,
         "contract": ContractInfo.current(
@@ -164,6 +188,10 @@ def build_bundle(
         ).model_dump(),
     }
     return write_bundle(out_path, fields, members, private_key)
+
+
+#: The gate tolerance sample bundles declare for every variant.
+SAMPLE_TOLERANCE = {"max_nwrmsle_increase": 0.001, "max_p99_abs_diff": 0.001}
 
 
 # -- tiny real models -------------------------------------------------------------------------
@@ -237,3 +265,29 @@ def flip_member_byte(src: str | os.PathLike[str], dst: str | os.PathLike[str], m
     raw[info.offset_data + info.size // 2] ^= 0xFF
     Path(dst).write_bytes(bytes(raw))
     return Path(dst)
+
+
+# -- models the on-device gate must catch -----------------------------------------------------
+#: A plausible but wrong model: half of last week's sales, no promotion effect.
+WRONG_WEIGHTS = np.zeros(len(NUM_FEATURES), np.float32)
+WRONG_WEIGHTS[8] = 0.5
+
+
+def real_models(variants: Sequence[str], weights: np.ndarray = LINEAR_WEIGHTS) -> dict[str, bytes]:
+    """Tiny real models (LiteRT for ``tflite-*``, ONNX Runtime for ``onnx-*``) computing ``num @ weights``."""
+    return {v: (tflite_linear(weights) if v.startswith("tflite") else onnx_linear(weights)) for v in variants}
+
+
+def build_wrong_model_bundle(
+    out_path: str | os.PathLike[str],
+    private_key: Any,
+    *,
+    version: int = 2,
+    variants: Sequence[str] = ("tflite-fp32",),
+    weights: np.ndarray = WRONG_WEIGHTS,
+    **kw: Any,
+) -> tuple[Path, Manifest]:
+    """A validly signed bundle whose real models compute ``num @ weights`` while its holdout and
+    manifest say the trainer measured :data:`LINEAR_WEIGHTS`: every hash and the signature check
+    out, only the on-device gate (:mod:`edge.gate`) can tell. Needs a real runtime, not ``fake``."""
+    return build_bundle(out_path, private_key, version=version, variants=variants, model_bytes=real_models(variants, weights), **kw)

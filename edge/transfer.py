@@ -1,11 +1,14 @@
 """Reassembling a bundle from hashed chunks, in any order, surviving duplicates and bad chunks.
 
-The announcement (:class:`models.messages.ModelAnnouncement`) carries the bundle's size, chunk size
-and the sha256 of every chunk and of the whole file; nothing is trusted before it matches. Chunks
-are written at their offset into a preallocated ``<bundle_id>.part`` and a bitmap of received
-chunks is kept beside it (``<bundle_id>.chunks.json``), so an interrupted transfer can resume: on
-reopening, the chunks the bitmap claims are re-hashed from the part file, and only those that
-still match count as received (which is why the bitmap needs no fsync).
+The announcement (:class:`models.messages.ModelAnnouncement`, built by :mod:`edge.delivery` from the
+*signed* targets document only) carries the bundle's size, chunk size and the sha256 of every chunk
+and of the whole file; nothing is trusted before it matches. A chunk longer than declared is refused
+with reason ``too_large`` (the caller aborts the transfer: endless data); nothing is ever written
+past the declared size. Chunks are written at their offset into a preallocated
+``<bundle_id>.part`` and a bitmap of received chunks is kept beside it (``<bundle_id>.chunks.json``,
+rewritten at most every :attr:`Transfer.SAVE_EVERY_S` and on close), so an interrupted transfer can
+resume: on reopening, the chunks the bitmap claims are re-hashed from the part file, and only those
+that still match count as received (which is why the bitmap needs no fsync).
 
 >>> import hashlib, tempfile
 >>> from models.messages import ModelAnnouncement
@@ -29,6 +32,7 @@ import os
 import time
 from pathlib import Path
 
+from edge import crash
 from edge.fsutil import atomic_write_bytes
 from models.bundle import BundleError, sha256_file
 from models.messages import ModelAnnouncement
@@ -39,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 
 class ChunkError(ValueError):
-    """A chunk was rejected. ``reason``: ``out_of_range``, ``bad_size`` or ``bad_hash``."""
+    """A chunk was rejected. ``reason``: ``out_of_range``, ``bad_size`` (short), ``too_large`` or ``bad_hash``."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -48,6 +52,9 @@ class ChunkError(ValueError):
 
 class Transfer:
     """One bundle being received. Not thread-safe: feed it from one thread (or under a lock)."""
+
+    #: The bitmap is written at most this often (and on close): a crash re-fetches at most that much.
+    SAVE_EVERY_S = 0.25
 
     def __init__(self, announcement: ModelAnnouncement, downloads_dir: str | os.PathLike[str]) -> None:
         a = announcement
@@ -62,10 +69,16 @@ class Transfer:
         self.tar_path = self.dir / f"{a.bundle_id}.tar"
         self.chunks = n
         self.bad_chunks = 0
-        self.bytes_received = 0
+        self.bytes_received = 0  # stored in this session (good, new chunks)
+        self.bytes_offered = 0  # every chunk payload byte seen in this session (duplicates, bad ones too)
+        self.resumed_chunks = 0  # chunks already on disk when this transfer was opened
+        self.downgrade = False  # set by edge.delivery: a signed rollback command allows an older version
+        self.targets: object | None = None  # the verified models.targets.Targets this transfer serves
         self.started_at = self.last_chunk_at = time.monotonic()
         self._received = bytearray(n)
         self._fd: int | None = None
+        self._dirty = False
+        self._saved_at = 0.0
         self._open()
 
     # -- state ------------------------------------------------------------------------------
@@ -81,9 +94,17 @@ class Transfer:
     def complete(self) -> bool:
         return all(self._received)
 
+    def has(self, index: int) -> bool:
+        """Whether chunk ``index`` is stored (and verified)."""
+        return bool(self._received[index])
+
     def missing(self) -> list[int]:
         """Indexes of the chunks not received yet."""
         return [i for i, got in enumerate(self._received) if not got]
+
+    def chunk_len(self, index: int) -> int:
+        """Declared length of chunk ``index``."""
+        return self._chunk_len(index)
 
     def _chunk_len(self, index: int) -> int:
         a = self.announcement
@@ -105,6 +126,7 @@ class Transfer:
                     raise
         else:
             self._reverify()
+            self.resumed_chunks = self.received
             logger.info("resuming transfer %s: %d/%d chunks", self.bundle_id, self.received, self.chunks)
 
     def _load_bitmap(self) -> bool:
@@ -130,6 +152,7 @@ class Transfer:
                 self._received[i] = hashlib.sha256(data).hexdigest() == self.announcement.chunk_sha256[i]
 
     def _save_bitmap(self) -> None:
+        self._dirty, self._saved_at = False, time.monotonic()
         a = self.announcement
         payload = {"sha256": a.sha256, "size": a.size, "chunk_size": a.chunk_size, "received": self._received.hex()}
         atomic_write_bytes(self.bitmap_path, json.dumps(payload).encode(), durable=False)
@@ -146,6 +169,9 @@ class Transfer:
         if not 0 <= index < self.chunks:
             raise ChunkError("out_of_range", f"chunk {index} of a {self.chunks}-chunk bundle")
         expected = self._chunk_len(index)
+        self.bytes_offered += len(payload)
+        if len(payload) > expected:
+            raise ChunkError("too_large", f"chunk {index} is {len(payload)} bytes, more than the declared {expected}")
         if len(payload) != expected:
             raise ChunkError("bad_size", f"chunk {index} is {len(payload)} bytes, expected {expected}")
         if self._received[index]:
@@ -156,8 +182,12 @@ class Transfer:
         os.pwrite(self._fd, payload, index * self.announcement.chunk_size)
         self._received[index] = 1
         self.bytes_received += len(payload)
-        self.last_chunk_at = time.monotonic()
-        self._save_bitmap()
+        self.last_chunk_at = now = time.monotonic()
+        self._dirty = True
+        if now - self._saved_at >= self.SAVE_EVERY_S:  # a crash loses at most this much progress
+            self._save_bitmap()
+        if crash.armed():
+            crash.crash_point(f"after_chunk_{self.received}")
         return True
 
     def finish(self) -> Path:
@@ -177,10 +207,13 @@ class Transfer:
             raise BundleError("hash_mismatch", f"bundle sha256 is {digest}, announced {self.announcement.sha256}")
         os.replace(self.part_path, self.tar_path)
         self.bitmap_path.unlink(missing_ok=True)
+        crash.crash_point("after_download")
         return self.tar_path
 
     def close(self) -> None:
         """Stop receiving; the part file and bitmap stay for a later resume."""
+        if self._dirty and self._fd is not None:
+            self._save_bitmap()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -4,9 +4,12 @@
     edgeship data synth --out DIR [--stores N] [--items N] [--days N] [--seed S]
     edgeship data validate DIR
     edgeship train --data DIR --out DIR --key KEYFILE
-    edgeship publish BUNDLE --broker mqtt://HOST:PORT
+    edgeship publish BUNDLE --broker mqtt://HOST:PORT --key KEYFILE [--expires-in 7d]
     edgeship agent --broker URL --device-id ID --state-dir DIR --trust PUBKEY --http HOST:PORT
+    edgeship agent rollback --state-dir DIR --trust PUBKEY [--to V]   (on the device, offline; see edge.versions)
     edgeship demo [--once] [--broker URL]
+    edgeship keys init-root|sign|revoke|publish, serve-bundles, rollout start|status|abort,
+    edgeship rollback --to V, fleet status, provision ca|cloud|device   (see edgeship.delivery_cli)
 
 Heavy imports (TensorFlow, pandas, runtimes) happen inside the subcommand that needs them, so the
 agent starts on a Raspberry Pi that has only the ``edge`` extra installed.
@@ -20,6 +23,8 @@ import json
 import logging
 import sys
 from pathlib import Path
+
+from edgeship import delivery_cli
 
 __all__ = ["main", "build_parser"]
 
@@ -59,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     k_init = keys.add_parser("init", help="write DIR/signing.key and DIR/signing.pub (Ed25519)")
     k_init.add_argument("--out", required=True, type=Path)
     k_init.add_argument("--force", action="store_true", help="overwrite an existing key pair")
+    delivery_cli.add_key_parsers(keys)  # init-root, sign, revoke, publish (edgeship.delivery_cli)
 
     data = sub.add_parser("data", help="Favorita-format data").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write synthetic data in the Favorita format")
@@ -84,12 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--recipe", default="favorita_demand", help="recipe name or JSON path")
     train.add_argument("--no-progress", action="store_true")
 
-    publish = sub.add_parser("publish", help="send a bundle to every device of a fleet")
-    publish.add_argument("bundle", type=Path)
-    publish.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
-    publish.add_argument("--fleet", default="default")
-    publish.add_argument("--chunk-size", type=_positive, default=64 * 1024)
-    publish.add_argument("--no-progress", action="store_true")
+    # publish, serve-bundles, rollout, rollback, fleet, provision (edgeship.delivery_cli)
+    delivery_cli.add_parsers(sub)
 
     sub.add_parser("agent", help="run the edge agent (see `edgeship agent --help`)", add_help=False)
 
@@ -122,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    handled = delivery_cli.run(args)  # keys init-root|sign|revoke|publish, publish, rollout, fleet, provision…
+    if handled is not None:
+        return handled
     if args.command == "keys":
         from models.signing import key_id, load_public_key, write_keypair
 
@@ -177,17 +182,6 @@ def _run(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(_train_summary(result.report))
-        return 0
-
-    if args.command == "publish":
-        from cloud.publish import PublishError, publish
-
-        try:
-            ann = publish(args.bundle, args.broker, fleet=args.fleet, chunk_size=args.chunk_size, progress=not args.no_progress)
-        except (PublishError, ValueError, FileNotFoundError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(f"published {ann.model} v{ann.version} ({ann.size} bytes, sha256 {ann.sha256[:16]}…) to fleet {args.fleet}")
         return 0
 
     if args.command == "demo":

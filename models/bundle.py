@@ -18,7 +18,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -122,10 +122,12 @@ def unpack_bundle(
     trusted: Iterable[Ed25519PublicKey],
     *,
     digest: str | None = None,
+    on_member: Callable[[str], None] | None = None,
 ) -> VerifiedBundle:
     """Verify ``bundle`` completely and unpack it into ``dest`` (which must not exist yet).
 
-    Raises :class:`BundleError` and leaves nothing at ``dest`` if any check fails.
+    Raises :class:`BundleError` and leaves nothing at ``dest`` if any check fails. ``on_member`` is
+    called with each member's name once it is verified and written (in the temp folder).
     """
     bundle, dest = Path(bundle), Path(dest)
     if dest.exists():
@@ -165,6 +167,8 @@ def unpack_bundle(
                     os.fsync(out.fileno())
                 if h.hexdigest() != entry.sha256:
                     raise BundleError("hash_mismatch", f"{info.name} sha256 does not match the signed manifest")
+                if on_member is not None:
+                    on_member(info.name)
             missing = set(manifest.files) - seen
             if missing:
                 raise BundleError("missing_member", f"bundle lacks {sorted(missing)} listed in the manifest")

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from models.envelope import Signed
+
 __all__ = [
     "Sha256Hex",
     "Identifier",
@@ -19,6 +21,8 @@ __all__ = [
     "UpdateOutcome",
     "DeviceState",
     "DeviceEvent",
+    "DeviceCommand",
+    "ChunkRequest",
     "utcnow",
 ]
 
@@ -37,8 +41,10 @@ class _Message(BaseModel):
 class ModelAnnouncement(_Message):
     """Retained on ``models/<model>/announce``: the version every device of the fleet should run.
 
-    It is not signed (the bundle inside is); its hashes only let a device check what it received
-    before it opens the bundle.
+    The plain fields are hints; what a device acts on is ``targets``, delivery metadata signed by a
+    model-signing key (:mod:`models.targets`: fleet, hardware, version, expiry, bundle size and
+    every chunk hash), and ``keys``, the root-signed list of signing keys (:mod:`models.keys`).
+    The same message, naming one device, is a per-device assignment on ``<device>/set``.
     """
 
     schema_version: Literal[1] = 1
@@ -51,6 +57,39 @@ class ModelAnnouncement(_Message):
     chunk_sha256: list[Sha256Hex] = Field(min_length=1, description="sha256 of every chunk, in order.")
     filename: str = Field(max_length=200, pattern=r"^[A-Za-z0-9._-]+$", description="Bundle file name.")
     published_at: dt.datetime = Field(default_factory=utcnow, description="When it was published (UTC).")
+    targets: Signed | None = Field(
+        default=None, description="Signed delivery metadata (models.targets.Targets); devices refuse an announcement without it."
+    )
+    keys: Signed | None = Field(
+        default=None, description="Root-signed signing-key list (models.keys.KeyList) current at publishing time."
+    )
+
+
+class DeviceCommand(_Message):
+    """Retained on ``<device>/set``: a command to one device, sent by the cloud identity only.
+
+    ``assign``: run the signed target in ``announcement`` (a rollout wave or a rollback). An empty
+    retained payload clears the command.
+    """
+
+    schema_version: Literal[1] = 1
+    command: Literal["assign"] = Field(description="What to do.")
+    announcement: ModelAnnouncement | None = Field(default=None, description="For assign: the signed target.")
+    rollout: str | None = Field(default=None, max_length=64, description="Rollout id, for reporting.")
+    issued_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class ChunkRequest(_Message):
+    """On ``<device>/fetch``: a device asks for chunks it is waiting for (the bundle server re-publishes
+    them retained). Sent only when a retained chunk did not arrive in time (the broker lost it)."""
+
+    schema_version: Literal[1] = 1
+    device_id: Identifier
+    bundle_id: Identifier
+    ranges: list[tuple[int, int]] = Field(
+        min_length=1, max_length=64, description="Half-open [start, end) chunk index ranges still missing."
+    )
+    at: dt.datetime = Field(default_factory=utcnow)
 
 
 class ActiveModel(_Message):
@@ -59,12 +98,20 @@ class ActiveModel(_Message):
     digest: Sha256Hex = Field(description="sha256 of the bundle file this model came from.")
     variant: str = Field(description="Which variant of the bundle is served, e.g. tflite-int8.")
     runtime: str = Field(description="Runtime plugin serving it, e.g. litert.")
+    providers: list[str] = Field(
+        default_factory=list,
+        description="Execution providers it runs on, e.g. [CUDAExecutionProvider, CPUExecutionProvider]; "
+        "empty for the runtime's own CPU kernels (LiteRT).",
+    )
 
 
 class UpdateOutcome(_Message):
     version: int
-    outcome: Literal["received", "verified", "active", "refused", "failed"]
+    outcome: Literal["received", "verified", "gate_passed", "gate_failed", "active", "rolled_back", "refused", "failed"]
     reason: str | None = None
+    figures: dict[str, float] = Field(
+        default_factory=dict, description="Numbers behind the outcome, e.g. the on-device gate's nwrmsle and p99_abs_diff."
+    )
     at: dt.datetime = Field(default_factory=utcnow)
 
 
@@ -80,6 +127,18 @@ class DeviceState(_Message):
     runtimes: dict[str, str] = Field(default_factory=dict, description="Runtime plugin -> 'ok' or why not.")
     hardware: dict[str, str] = Field(default_factory=dict)
     http: str | None = Field(default=None, description="Where the device serves HTTP, if it does.")
+    attributes: dict[str, str] = Field(
+        default_factory=dict, description="Operator-set attributes rollouts select on (store_type, cluster, hardware…)."
+    )
+    delivery: dict[str, Any] | None = Field(
+        default=None, description="Transfer in progress or last target: version, bundle_id, chunks have/total, rollout."
+    )
+    gate: UpdateOutcome | None = Field(
+        default=None, description="The last on-device gate result (gate_passed / gate_failed, with its figures)."
+    )
+    trust: dict[str, Any] | None = Field(
+        default=None, description="Trust state: root-signed key list version, trusted signing key ids."
+    )
     updated_at: dt.datetime = Field(default_factory=utcnow)
 
 
@@ -91,3 +150,6 @@ class DeviceEvent(_Message):
     kind: str = Field(max_length=64)
     at: dt.datetime = Field(default_factory=utcnow)
     detail: dict[str, Any] = Field(default_factory=dict)
+    seq: int | None = Field(
+        default=None, ge=1, description="Per-device sequence number shared with telemetry (edge.telemetry)."
+    )

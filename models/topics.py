@@ -7,8 +7,11 @@ Layout (Home Assistant / zigbee2mqtt style)::
     <prefix>/<fleet>/<device>/set               commands to the device
     <prefix>/<fleet>/<device>/request/<name>    requests, answered on .../response/<name>
     <prefix>/<fleet>/<device>/events            JSON DeviceEvent stream
+    <prefix>/<fleet>/<device>/telemetry         JSON TelemetryRecord stream (seq shared with events)
     <prefix>/<fleet>/models/<model>/announce    retained ModelAnnouncement (desired version)
     <prefix>/<fleet>/bundles/<bundle>/chunk/<i> retained bundle bytes, chunk i
+    <prefix>/<fleet>/<device>/fetch             ChunkRequest: chunks a device waits for (bundle server)
+    <prefix>/<fleet>/trust/keylist              retained root-signed signing-key list
 
 >>> availability("default", "store-1")
 'edgeship/default/store-1/availability'
@@ -30,16 +33,19 @@ __all__ = [
     "request",
     "response",
     "events",
+    "telemetry",
     "model_announce",
     "bundle_chunk",
     "bundle_chunks",
     "parse_chunk_topic",
     "device_wildcard",
+    "fetch",
+    "keylist",
 ]
 
 PREFIX = "edgeship"
 ID_PATTERN = re.compile(r"^[a-z0-9_-]{1,64}$")
-_RESERVED = {"models", "bundles"}
+_RESERVED = {"models", "bundles", "trust"}
 
 
 def validate_id(value: str, what: str = "id") -> str:
@@ -81,6 +87,11 @@ def events(fleet: str, device: str, prefix: str = PREFIX) -> str:
     return f"{_device_base(fleet, device, prefix)}/events"
 
 
+def telemetry(fleet: str, device: str, prefix: str = PREFIX) -> str:
+    """Periodic ``TelemetryRecord`` stream (not retained; sequence numbers shared with ``events``)."""
+    return f"{_device_base(fleet, device, prefix)}/telemetry"
+
+
 def device_wildcard(fleet: str, leaf: str, prefix: str = PREFIX) -> str:
     """Subscription filter for one leaf of every device, e.g. ``edgeship/default/+/state``."""
     return f"{prefix}/{validate_id(fleet, 'fleet')}/+/{leaf}"
@@ -98,9 +109,20 @@ def bundle_chunk(fleet: str, bundle_id: str, index: int, prefix: str = PREFIX) -
     return f"{bundle_chunks(fleet, bundle_id, prefix)[:-1]}{index}"
 
 
-def bundle_chunks(fleet: str, bundle_id: str, prefix: str = PREFIX) -> str:
-    """Subscription filter for every chunk of one bundle."""
-    return f"{prefix}/{validate_id(fleet, 'fleet')}/bundles/{validate_id(bundle_id, 'bundle id')}/chunk/+"
+def bundle_chunks(fleet: str, bundle_id: str | None, prefix: str = PREFIX) -> str:
+    """Subscription filter for every chunk of one bundle (``bundle_id=None``: of every bundle)."""
+    bundle = "+" if bundle_id is None else validate_id(bundle_id, "bundle id")
+    return f"{prefix}/{validate_id(fleet, 'fleet')}/bundles/{bundle}/chunk/+"
+
+
+def fetch(fleet: str, device: str, prefix: str = PREFIX) -> str:
+    """Where a device asks for chunks it waits for (``ChunkRequest``); the bundle server listens."""
+    return f"{_device_base(fleet, device, prefix)}/fetch"
+
+
+def keylist(fleet: str, prefix: str = PREFIX) -> str:
+    """Retained root-signed list of model-signing keys (:mod:`models.keys`)."""
+    return f"{prefix}/{validate_id(fleet, 'fleet')}/trust/keylist"
 
 
 def parse_chunk_topic(topic: str, prefix: str = PREFIX) -> tuple[str, str, int]:

@@ -44,17 +44,22 @@ def mosquitto_binary() -> str | None:
 class Mosquitto:
     """A Mosquitto process on 127.0.0.1:<port>; ``stop()``/``start()`` simulate an outage."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, config: str | None = None, extra: str = "") -> None:
+        """``config``: a whole configuration instead of the default one (``{port}`` is replaced by the
+        port; e.g. deploy/mosquitto's TLS + ACL setup); ``extra``: lines appended to the default one."""
         binary = mosquitto_binary()
         require(binary is not None, "mosquitto is not installed (apt-get install mosquitto)")
         self.binary = binary
         self.port = port or free_port()
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 10000\nlog_dest stderr\n"
-        )
+        if config is not None:
+            self.conf.write_text(config.replace("{port}", str(self.port)))
+        else:
+            self.conf.write_text(
+                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                "max_queued_messages 10000\nlog_dest stderr\n" + extra
+            )
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

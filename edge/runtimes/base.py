@@ -79,6 +79,8 @@ class Runtime(abc.ABC):
     name: ClassVar[str]
     #: File suffixes this runtime loads (``()`` = any file).
     formats: ClassVar[tuple[str, ...]]
+    #: Whether the constructor takes ``providers=`` (execution providers, e.g. ONNX Runtime's).
+    accepts_providers: ClassVar[bool] = False
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int = 1) -> None:
         if threads < 1:
@@ -86,6 +88,8 @@ class Runtime(abc.ABC):
         self.path = Path(path)
         self.threads = threads
         self._loaded = False
+        #: Execution providers the loaded model really runs on (empty: the runtime's own CPU kernels).
+        self.active_providers: list[str] = []
 
     # -- plugin hooks -----------------------------------------------------------------------
     @classmethod

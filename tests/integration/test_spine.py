@@ -201,7 +201,7 @@ def test_publish_serve_refuse_tampered_and_restart_offline(trained: dict, mosqui
         assert status == 503
 
         # v1 through the real CLI
-        _run("publish", str(trained["bundle"]), "--broker", mosquitto.url, "--no-progress")
+        _run("publish", str(trained["bundle"]), "--broker", mosquitto.url, "--key", str(key), "--no-progress")
         h = agent.wait(lambda h: h and h["model"] and h["model"]["version"] == 1, "to activate v1")
         digest_v1 = h["model"]["digest"]
         status, body = _http(f"{agent.url}/v1/predict", {"instances": [_sample(trained)]})
@@ -224,7 +224,7 @@ def test_publish_serve_refuse_tampered_and_restart_offline(trained: dict, mosqui
         shipped = trained["report"]["shipped_variants"][0]
         member = read_manifest(trained["bundle"], [load_public_key(pub)]).variant(shipped).file
         bad = _repack(trained["bundle"], work / "out" / "favorita-demand-v2.bundle.tar", key, 2, corrupt=member)
-        _run("publish", str(bad), "--broker", mosquitto.url, "--no-progress")
+        _run("publish", str(bad), "--broker", mosquitto.url, "--key", str(key), "--no-progress")
         event = watcher.wait_event(lambda e: e.get("kind") == "refused" and e.get("detail", {}).get("version") == 2)
         assert event["detail"]["reason"] == "hash_mismatch"
         h = agent.health()
@@ -234,7 +234,7 @@ def test_publish_serve_refuse_tampered_and_restart_offline(trained: dict, mosqui
 
         # A good v3 still goes through afterwards.
         good = _repack(trained["bundle"], work / "out" / "favorita-demand-v3.bundle.tar", key, 3)
-        _run("publish", str(good), "--broker", mosquitto.url, "--no-progress")
+        _run("publish", str(good), "--broker", mosquitto.url, "--key", str(key), "--no-progress")
         agent.wait(lambda h: h and h["model"]["version"] == 3, "to activate v3")
 
         # Restart with the broker down: the last good model serves at once.

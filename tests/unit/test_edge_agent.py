@@ -172,8 +172,9 @@ def test_install_and_activate_directly(tmp_path, keys, bundles):
 class Fleet:
     """The cloud side as the test drives it: plain paho publishing, and a watcher of the device."""
 
-    def __init__(self, broker: str) -> None:
+    def __init__(self, broker: str, key=None) -> None:
         url = BrokerURL.parse(broker)
+        self.key = key  # signs the targets of every announcement (devices refuse unsigned ones)
         self.messages: dict[str, list[bytes]] = {}
         self.lock = threading.Lock()
         self.client = new_client("test-fleet", url)
@@ -197,7 +198,7 @@ class Fleet:
             return [json.loads(p) for p in self.messages.get(topics.events("default", DEVICE), [])]
 
     def publish_bundle(self, path: Path, chunk_size: int = 4096) -> None:
-        ann, data = announcement_for(path, chunk_size)
+        ann, data = announcement_for(path, chunk_size, key=self.key)
         infos = [
             self.client.publish(
                 topics.bundle_chunk("default", ann.bundle_id, i),
@@ -219,7 +220,7 @@ class Fleet:
 
 
 def test_update_over_mqtt_refuses_tampered_and_keeps_serving(tmp_path, keys, bundles, mosquitto):
-    fleet = Fleet(mosquitto.url)
+    fleet = Fleet(mosquitto.url, key=keys[0])
     agent = Agent(config(tmp_path, keys[2], broker=mosquitto.url, keep_versions=2)).start()
     availability = topics.availability("default", DEVICE)
     try:
@@ -328,13 +329,13 @@ def test_cli_process_serves_until_sigterm(tmp_path, keys, bundles):
 
 
 def test_stalled_transfer_is_abandoned_then_resumed(tmp_path, keys, bundles, mosquitto):
-    fleet = Fleet(mosquitto.url)
+    fleet = Fleet(mosquitto.url, key=keys[0])
     cfg = config(tmp_path, keys[2], broker=mosquitto.url, chunk_timeout_s=0.2, transfer_retries=0)
     agent = Agent(cfg).start()
     try:
         assert agent.mqtt.wait_connected(10)
         chunk = 4096
-        ann, data = announcement_for(bundles[1], chunk)
+        ann, data = announcement_for(bundles[1], chunk, key=keys[0])
         last = len(ann.chunk_sha256) - 1
         for i in range(last):  # every chunk but the last
             fleet.client.publish(

@@ -49,6 +49,7 @@ def test_predict_ok(served):
         "digest": predictor.digest,
         "variant": "tflite-fp32",
         "runtime": "fake",
+        "providers": [],
     }
 
 

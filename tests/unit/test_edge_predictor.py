@@ -89,6 +89,7 @@ def test_stage_timings_and_properties(predictor, bundle_path):
         "digest": predictor.digest,
         "variant": "tflite-fp32",
         "runtime": "fake",
+        "providers": [],
     }
 
 

@@ -71,7 +71,7 @@ def test_out_of_range_and_wrong_size_rejected(tmp_path, data):
         (11, parts[0], "out_of_range"),
         (-1, parts[0], "out_of_range"),
         (0, parts[0][:-1], "bad_size"),
-        (10, parts[0], "bad_size"),  # the last chunk is shorter
+        (10, parts[0], "too_large"),  # the last chunk is shorter: more bytes than declared
     ]:
         with pytest.raises(ChunkError) as info:
             t.add_chunk(index, payload)

@@ -1,0 +1,333 @@
+"""Broker identities: ``edgeship provision ca | cloud | device``.
+
+Each identity gets a random password (hashed into Mosquitto's password file in its own ``$7$``
+PBKDF2-SHA512 format — the one ``mosquitto_passwd`` writes), an optional client certificate signed
+by the fleet's CA (CN = the identity, for ``use_identity_as_username``), and ACL entries. The ACL
+file is regenerated from ``provisioned.json`` every time, so it always says exactly this:
+
+- a **device** may publish only its own ``availability``, ``state``, ``events``, ``telemetry``,
+  ``fetch`` (chunk requests) and ``response/+``; it may read only its own ``set`` and ``request/+``,
+  and its fleet's model announcements, bundle chunks and key list;
+- the **cloud** identity may read and write everything under ``edgeship/``: only it publishes models,
+  assignments and commands.
+
+Files under ``--broker-dir`` (default ``/etc/mosquitto/edgeship``, where ``deploy/mosquitto/
+mosquitto.conf`` looks): ``passwd``, ``acl``, ``provisioned.json``; ``ca.pem``, ``server.crt``,
+``server.key`` from ``provision ca``. Per identity, ``--out DIR/<id>/`` gets ``edgeship.env``
+(``EDGESHIP_MQTT_USERNAME``, ``_PASSWORD``, ``_CA``, and ``_CERT``/``_KEY`` with a client certificate)
+and ``ca.pem``. Reload Mosquitto afterwards (``systemctl reload mosquitto``: SIGHUP re-reads both).
+
+>>> mosquitto_hash("s3cret", salt=b"0123456789ab").startswith("$7$101$MDEyMzQ1Njc4OWFi$")
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from models import topics
+
+__all__ = [
+    "CLOUD_USER",
+    "DEFAULT_BROKER_DIR",
+    "mosquitto_hash",
+    "check_password",
+    "device_acl",
+    "cloud_acl",
+    "render_acl",
+    "make_ca",
+    "make_server_cert",
+    "issue_client_cert",
+    "provision_device",
+    "provision_cloud",
+]
+
+CLOUD_USER = "edgeship-cloud"
+DEFAULT_BROKER_DIR = Path("/etc/mosquitto/edgeship")
+_ITERATIONS = 101  # what mosquitto_passwd 2.0 uses
+
+
+# -- passwords --------------------------------------------------------------------------------
+def mosquitto_hash(password: str, *, salt: bytes | None = None, iterations: int = _ITERATIONS) -> str:
+    """Mosquitto 2 password hash: ``$7$<iterations>$<b64 salt>$<b64 PBKDF2-HMAC-SHA512>``."""
+    salt = salt if salt is not None else secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def check_password(password: str, hashed: str) -> bool:
+    """Whether ``password`` matches a ``$7$`` hash."""
+    try:
+        _, kind, iterations, salt, digest = hashed.split("$")
+    except ValueError:
+        return False
+    if kind != "7":
+        return False
+    got = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt), int(iterations))
+    return secrets.compare_digest(got, base64.b64decode(digest))
+
+
+def _atomic(path: Path, text: str, mode: int = 0o640) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _set_password(passwd: Path, user: str, password: str) -> None:
+    lines = passwd.read_text().splitlines() if passwd.exists() else []
+    lines = [line for line in lines if line.split(":", 1)[0] != user]
+    lines.append(f"{user}:{mosquitto_hash(password)}")
+    _atomic(passwd, "\n".join(lines) + "\n")
+
+
+# -- ACL --------------------------------------------------------------------------------------
+def _base(fleet: str, device: str) -> str:
+    return topics.command(fleet, device).rsplit("/", 1)[0]
+
+
+def device_acl(fleet: str, device: str) -> list[str]:
+    """Mosquitto ACL lines for one device."""
+    base = _base(fleet, device)
+    fleet_root = topics.keylist(fleet).rsplit("/", 2)[0]  # edgeship/<fleet>
+    writes = [
+        topics.availability(fleet, device),
+        topics.state(fleet, device),
+        topics.events(fleet, device),
+        topics.telemetry(fleet, device),
+        topics.fetch(fleet, device),
+        f"{base}/response/+",
+    ]
+    reads = [
+        topics.command(fleet, device),
+        f"{base}/request/+",
+        f"{fleet_root}/models/#",
+        f"{fleet_root}/bundles/#",
+        f"{fleet_root}/trust/#",
+    ]
+    return [f"user {device}"] + [f"topic write {t}" for t in writes] + [f"topic read {t}" for t in reads]
+
+
+def cloud_acl(user: str = CLOUD_USER) -> list[str]:
+    return [f"user {user}", f"topic readwrite {topics.PREFIX}/#"]
+
+
+def render_acl(registry: dict[str, Any]) -> str:
+    """The whole ACL file for what ``provisioned.json`` holds."""
+    out = ["# Generated by `edgeship provision`; edit provisioned.json (or re-run provision), not this file.", ""]
+    for user in sorted(registry.get("cloud", [])):
+        out += [f"# cloud identity {user}", *cloud_acl(user), ""]
+    for device, info in sorted(registry.get("devices", {}).items()):
+        out += [f"# device {device} (fleet {info['fleet']})", *device_acl(info["fleet"], device), ""]
+    return "\n".join(out)
+
+
+def _registry(broker_dir: Path) -> dict[str, Any]:
+    path = broker_dir / "provisioned.json"
+    return json.loads(path.read_text()) if path.exists() else {"cloud": [], "devices": {}}
+
+
+def _save(broker_dir: Path, registry: dict[str, Any]) -> None:
+    _atomic(broker_dir / "provisioned.json", json.dumps(registry, indent=1, sort_keys=True) + "\n")
+    _atomic(broker_dir / "acl", render_acl(registry))
+
+
+# -- certificates -----------------------------------------------------------------------------
+def _name(cn: str) -> Any:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgeship")])
+
+
+def _write_key(path: Path, key: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    _atomic(path, pem.decode(), mode=0o600)
+
+
+def _write_cert(path: Path, cert: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    _atomic(path, cert.public_bytes(serialization.Encoding.PEM).decode(), mode=0o644)
+
+
+def _load_ca(ca_cert: Path, ca_key: Path) -> tuple[Any, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    return x509.load_pem_x509_certificate(ca_cert.read_bytes()), serialization.load_pem_private_key(ca_key.read_bytes(), None)
+
+
+def _issue(ca: Any, ca_key: Any, cn: str, *, server_hosts: Sequence[str] = (), days: int = 825) -> tuple[Any, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    )
+    if server_hosts:
+        alt: list[x509.GeneralName] = []
+        for h in server_hosts:
+            try:
+                alt.append(x509.IPAddress(ipaddress.ip_address(h)))
+            except ValueError:
+                alt.append(x509.DNSName(h))
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False).add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+    else:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def make_ca(out_dir: str | Path, cn: str = "edgeship fleet CA", days: int = 3650) -> tuple[Path, Path]:
+    """A self-signed CA: ``ca.pem`` and ``ca.key`` (0600, keep it off the broker if you can)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    out = Path(out_dir)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )  # key_cert_sign, crl_sign
+        .sign(key, hashes.SHA256())
+    )
+    _write_cert(out / "ca.pem", cert)
+    _write_key(out / "ca.key", key)
+    return out / "ca.pem", out / "ca.key"
+
+
+def make_server_cert(ca_cert: str | Path, ca_key: str | Path, out_dir: str | Path, hosts: Sequence[str]) -> tuple[Path, Path]:
+    """``server.crt`` / ``server.key`` for the broker, valid for ``hosts`` (DNS names or IPs)."""
+    ca, key = _load_ca(Path(ca_cert), Path(ca_key))
+    cert, private = _issue(ca, key, hosts[0], server_hosts=hosts)
+    out = Path(out_dir)
+    _write_cert(out / "server.crt", cert)
+    _write_key(out / "server.key", private)
+    return out / "server.crt", out / "server.key"
+
+
+def issue_client_cert(ca_cert: str | Path, ca_key: str | Path, out_dir: str | Path, cn: str) -> tuple[Path, Path]:
+    """``client.crt`` / ``client.key`` with CN = ``cn`` (the MQTT username under ``use_identity_as_username``)."""
+    ca, key = _load_ca(Path(ca_cert), Path(ca_key))
+    cert, private = _issue(ca, key, cn)
+    out = Path(out_dir)
+    _write_cert(out / "client.crt", cert)
+    _write_key(out / "client.key", private)
+    return out / "client.crt", out / "client.key"
+
+
+# -- identities -------------------------------------------------------------------------------
+def _identity(
+    broker_dir: Path,
+    user: str,
+    out_dir: Path,
+    *,
+    password: str | None,
+    ca_key: Path | None,
+    client_cert: bool,
+) -> dict[str, Path | str]:
+    password = password or secrets.token_urlsafe(24)
+    _set_password(broker_dir / "passwd", user, password)
+    dest = out_dir / user
+    dest.mkdir(parents=True, exist_ok=True)
+    env = {"EDGESHIP_MQTT_USERNAME": user, "EDGESHIP_MQTT_PASSWORD": password}
+    files: dict[str, Path | str] = {"dir": dest, "env": dest / "edgeship.env", "password": password}
+    ca = broker_dir / "ca.pem"
+    if ca.exists():
+        shutil.copyfile(ca, dest / "ca.pem")
+        env["EDGESHIP_MQTT_CA"] = str((dest / "ca.pem").resolve())
+        files["ca"] = dest / "ca.pem"
+    if client_cert:
+        key_path = ca_key or broker_dir / "ca.key"
+        if not key_path.exists():
+            raise FileNotFoundError(f"{key_path}: a client certificate needs the CA key (--ca-key)")
+        crt, key = issue_client_cert(ca, key_path, dest, user)
+        env["EDGESHIP_MQTT_CERT"], env["EDGESHIP_MQTT_KEY"] = str(crt.resolve()), str(key.resolve())
+        files["cert"], files["key"] = crt, key
+    _atomic(dest / "edgeship.env", "".join(f"{k}={v}\n" for k, v in env.items()), mode=0o600)
+    return files
+
+
+def provision_device(
+    broker_dir: str | Path,
+    device: str,
+    fleet: str,
+    out_dir: str | Path,
+    *,
+    password: str | None = None,
+    ca_key: str | Path | None = None,
+    client_cert: bool = False,
+) -> dict[str, Path | str]:
+    """Create (or re-key) ``device`` of ``fleet``: password entry, ACL entries, credentials in ``out_dir/device``."""
+    broker_dir = Path(broker_dir)
+    topics.availability(fleet, device)  # validates both ids
+    if device == CLOUD_USER:
+        raise ValueError(f"{device!r} is the cloud identity")
+    reg = _registry(broker_dir)
+    reg.setdefault("devices", {})[device] = {"fleet": fleet}
+    files = _identity(
+        broker_dir, device, Path(out_dir), password=password, ca_key=Path(ca_key) if ca_key else None, client_cert=client_cert
+    )
+    _save(broker_dir, reg)
+    return files
+
+
+def provision_cloud(
+    broker_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    user: str = CLOUD_USER,
+    password: str | None = None,
+    ca_key: str | Path | None = None,
+    client_cert: bool = False,
+) -> dict[str, Path | str]:
+    """Create (or re-key) the cloud identity: it alone may publish models, assignments and commands."""
+    broker_dir = Path(broker_dir)
+    topics.validate_id(user, "user")
+    reg = _registry(broker_dir)
+    if user not in reg.setdefault("cloud", []):
+        reg["cloud"].append(user)
+    files = _identity(
+        broker_dir, user, Path(out_dir), password=password, ca_key=Path(ca_key) if ca_key else None, client_cert=client_cert
+    )
+    _save(broker_dir, reg)
+    return files
