@@ -27,13 +27,14 @@ from cloud.bundle import bundle_filename, write_bundle
 from cloud.gates import GateError, baseline_gate, parity_gate, run_variant, score
 from cloud.metrics import weights
 from cloud.prepare import Prepared, prepare
-from models.contract import CAT_FEATURES, LAG_WINDOW_DAYS, NUM_FEATURES
+from models.contract import LAG_WINDOW_DAYS
 from models.features import Encoded
 from models.manifest import ContractInfo, canonical_json
 from models.recipes import VARIANTS, Recipe, load_recipe
+from models.reference import reference_stats
 from models.signing import load_private_key
 
-__all__ = ["TrainResult", "train", "next_version", "code_revision", "reference_stats"]
+__all__ = ["TrainResult", "train", "next_version", "code_revision"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,25 +75,6 @@ def next_version(out_dir: Path, name: str) -> int:
         if meta.get("name") == name:
             highest = max(highest, int(meta.get("version", 0)))
     return highest + 1
-
-
-def reference_stats(x: Encoded, bins: int = 10) -> dict[str, Any]:
-    """Input statistics of the training rows, for drift detection (PSI) on the device."""
-    out: dict[str, Any] = {"rows": len(x), "num": {}, "cat": {}}
-    for j, name in enumerate(NUM_FEATURES):
-        col = x.num[:, j].astype(np.float64)
-        edges = np.unique(np.quantile(col, np.linspace(0, 1, bins + 1)))
-        counts = np.histogram(col, bins=edges)[0] if len(edges) > 1 else np.array([len(col)])
-        out["num"][name] = {
-            "mean": float(col.mean()),
-            "std": float(col.std()),
-            "edges": edges.tolist(),
-            "fractions": (counts / max(len(col), 1)).tolist(),
-        }
-    for j, name in enumerate(CAT_FEATURES):
-        values, counts = np.unique(x.cat[:, j], return_counts=True)
-        out["cat"][name] = {"values": values.tolist(), "fractions": (counts / len(x)).tolist()}
-    return out
 
 
 def _npz(**arrays: np.ndarray) -> bytes:

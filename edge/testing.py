@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from models.contract import CAT_FEATURES, LAG_WINDOW_DAYS, NUM_FEATURES
-from models.features import SalesState, Tables, encode
+from models.features import Encoded, SalesState, Tables, encode
 from models.manifest import ContractInfo, Manifest
+from models.reference import reference_stats
 
 __all__ = [
     "STORES",
@@ -85,6 +86,22 @@ def sample_state(seed: int = 0) -> SalesState:
     )
 
 
+def _holdout_inputs(tables: Tables, state: SalesState) -> Encoded:
+    """Every pair on the four days after the state's last day, some on promotion."""
+    pairs = len(state.store_nbr)
+    rows = np.arange(pairs * 4)
+    pair = rows % pairs
+    return encode(
+        tables,
+        dates=state.end_date + 1 + rows // pairs,
+        store_nbr=state.store_nbr[pair],
+        item_nbr=state.item_nbr[pair],
+        onpromotion=rows % 3 == 1,
+        windows=state.window[pair],
+        window_end=state.end_date,
+    )
+
+
 def _holdout(
     tables: Tables, state: SalesState, variants: Sequence[str] = (), weights: np.ndarray | None = None
 ) -> tuple[bytes, float]:
@@ -93,18 +110,8 @@ def _holdout(
     with ``weights`` (default :data:`LINEAR_WEIGHTS`) predicts. Returns the npz bytes and its NWRMSLE."""
     from models.metrics import weighted_rmse_log, weights as kaggle_weights
 
-    pairs = len(state.store_nbr)
-    rows = np.arange(pairs * 4)
-    pair = rows % pairs
-    enc = encode(
-        tables,
-        dates=state.end_date + 1 + rows // pairs,  # the four days after the state's last day
-        store_nbr=state.store_nbr[pair],
-        item_nbr=state.item_nbr[pair],
-        onpromotion=rows % 3 == 1,
-        windows=state.window[pair],
-        window_end=state.end_date,
-    )
+    enc = _holdout_inputs(tables, state)
+    pair = np.arange(len(enc)) % len(state.store_nbr)
     w = np.asarray(LINEAR_WEIGHTS if weights is None else weights, np.float32)
     pred = (enc.num @ w).astype(np.float32)
     y = enc.num[:, 8].astype(np.float32)
@@ -148,7 +155,7 @@ def build_bundle(
         "tables.json": json.dumps(tables.to_json()).encode(),
         "state.npz": state.to_bytes(),
         "holdout.npz": b"",  # below, once the variants are known
-        "reference_stats.json": json.dumps({"num_mean": [0.0] * len(NUM_FEATURES)}).encode(),
+        "reference_stats.json": json.dumps(reference_stats(_holdout_inputs(tables, state))).encode(),
     }
     members["holdout.npz"], holdout_nwrmsle = _holdout(tables, state, variants, expected_weights)
     variant_entries = []

@@ -45,7 +45,7 @@ def rows_in_distribution(n: int, seed: int, promo: float = 0.1, days: int = 14) 
 
 def reference_stats_json(seed: int = 99) -> bytes:
     """What the trainer writes (cloud.pipeline.reference_stats) for rows like rows_in_distribution."""
-    from cloud.pipeline import reference_stats
+    from models.reference import reference_stats
 
     rows = rows_in_distribution(3000, seed)
     state = sample_state()
