@@ -19,7 +19,6 @@ import httpx
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +28,6 @@ from edge.store import ModelStore
 from edge.testing import STATE_END, build_bundle, onnx_linear, tflite_linear
 from models import topics
 from models.broker import BrokerURL, new_client
-from models.signing import generate_keypair
 from tests.conftest import Mosquitto, require
 
 pytestmark = pytest.mark.integration
@@ -44,14 +42,6 @@ def day(offset: int) -> str:
 
 
 ROW = {"date": day(1), "store_nbr": 1, "item_nbr": 103520, "onpromotion": False}
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    private, public = generate_keypair()
-    pem = tmp_path_factory.mktemp("keys") / "signing.pub"
-    pem.write_bytes(public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public, pem
 
 
 @pytest.fixture(scope="module")

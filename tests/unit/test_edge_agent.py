@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
 from cloud.publish import announcement_for
@@ -22,19 +21,10 @@ from edge.testing import build_bundle, flip_member_byte
 from models import topics
 from models.broker import BrokerURL, new_client
 from models.messages import DeviceState
-from models.signing import generate_keypair
 from tests.conftest import free_port
 
 ROW = {"date": "2017-08-16", "store_nbr": 1, "item_nbr": 103520, "onpromotion": False}
 DEVICE = "store-1"
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    private, public = generate_keypair()
-    pem = tmp_path_factory.mktemp("keys") / "signing.pub"
-    pem.write_bytes(public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public, pem
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import json
 import httpx
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from cloud.bundle import write_bundle
 from cloud.metrics import nwrmsle_log
@@ -23,18 +22,9 @@ from edge.runtimes import get_runtime
 from edge.testing import LINEAR_WEIGHTS, WRONG_WEIGHTS, build_bundle, build_wrong_model_bundle, real_models
 from models.bundle import read_manifest
 from models.metrics import weighted_rmse_log, weights
-from models.signing import generate_keypair
 from tests.conftest import require
 
 ROW = {"date": "2017-08-16", "store_nbr": 1, "item_nbr": 103520, "onpromotion": False}
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    private, public = generate_keypair()
-    pem = tmp_path_factory.mktemp("keys") / "signing.pub"
-    pem.write_bytes(public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public, pem
 
 
 def real_runtimes() -> None:

@@ -13,7 +13,6 @@ from edge.predictor import Predictor
 from edge.testing import PAIRS, STATE_END, build_bundle, sample_state
 from models.contract import LAG_WINDOW_DAYS as W
 from models.features import SalesState, encode, target_transform
-from models.signing import generate_keypair
 
 END = np.datetime64(STATE_END, "D")
 DAY = np.timedelta64(1, "D")
@@ -21,11 +20,6 @@ DAY = np.timedelta64(1, "D")
 
 def day(offset: int) -> str:
     return str(END + offset * DAY)
-
-
-@pytest.fixture(scope="module")
-def keys():
-    return generate_keypair()
 
 
 @pytest.fixture(scope="module")

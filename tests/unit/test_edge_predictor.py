@@ -17,11 +17,6 @@ ROW = {"date": "2017-08-16", "store_nbr": 1, "item_nbr": 103520, "onpromotion": 
 
 
 @pytest.fixture(scope="module")
-def keys():
-    return generate_keypair()
-
-
-@pytest.fixture(scope="module")
 def bundle_path(tmp_path_factory, keys):
     path, _ = build_bundle(tmp_path_factory.mktemp("b") / "m-v1.bundle.tar", keys[0], max_batch=8, horizon_days=30)
     return path

@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +22,6 @@ from edge.shadow import CandidateSettings
 from edge.testing import PAIRS, STATE_END, build_bundle, sample_state, sample_tables
 from models.contract import LAG_WINDOW_DAYS
 from models.features import SalesState, encode
-from models.signing import generate_keypair
 
 END = np.datetime64(STATE_END, "D")
 ROW = {"date": "2017-08-16", "store_nbr": 1, "item_nbr": 103520, "onpromotion": False}
@@ -60,14 +58,6 @@ def reference_stats_json(seed: int = 99) -> bytes:
         window_end=state.end_date,
     )
     return json.dumps(reference_stats(enc)).encode()
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    private, public = generate_keypair()
-    pem = tmp_path_factory.mktemp("keys") / "signing.pub"
-    pem.write_bytes(public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public, pem
 
 
 @pytest.fixture(scope="module")

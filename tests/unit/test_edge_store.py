@@ -16,11 +16,6 @@ from models.signing import generate_keypair
 
 
 @pytest.fixture(scope="module")
-def keys():
-    return generate_keypair()
-
-
-@pytest.fixture(scope="module")
 def bundles(tmp_path_factory, keys):
     """Signed bundles v1..v4 of one model."""
     out = tmp_path_factory.mktemp("bundles")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from edge import crash
 from edge.agent import Agent, main
@@ -22,18 +21,9 @@ from edge.store import ModelStore
 from edge.testing import build_bundle
 from edge.versions import RollbackError, VersionHistory, prune, recover, rollback, rollback_target
 from models.bundle import verify_unpacked
-from models.signing import generate_keypair
 
 ROOT = Path(__file__).resolve().parents[2]
 ROW = {"date": "2017-08-16", "store_nbr": 1, "item_nbr": 103520, "onpromotion": False}
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    private, public = generate_keypair()
-    pem = tmp_path_factory.mktemp("keys") / "signing.pub"
-    pem.write_bytes(public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public, pem
 
 
 @pytest.fixture(scope="module")
