@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 STARTS = 3
 SWAPS = 10
@@ -74,21 +76,13 @@ def _get(port: int, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         conn.close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
 # -- memory and start-to-serving ------------------------------------------------------------------
 def _agent_once(state: Path, pub: Path, variant: str, body: bytes, log: Path) -> dict[str, float]:
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "edge.agent", "--device-id", "bench", "--state-dir", str(state), "--trust", str(pub),
            "--http", f"127.0.0.1:{port}", "--variant", variant, "--log-level", "WARNING"]  # fmt: skip
     env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1"}

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import free_port
+
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,12 +41,6 @@ __all__ = ["run"]
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class _Broker:
     """A throw-away Mosquitto on a loopback port (None-safe: ``start`` raises if it is missing)."""
 
@@ -52,7 +48,7 @@ class _Broker:
         binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if binary is None:
             raise RuntimeError("mosquitto is not installed")
-        self.port = _free_port()
+        self.port = free_port()
         work.mkdir(parents=True, exist_ok=True)
         conf = work / "mosquitto.conf"
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 10000\nset_tcp_nodelay true\n")
@@ -107,9 +103,7 @@ def _install(state_dir: Path, bundle: Path, pub: Path) -> Path:
 def _latency(work: Path, bundle: Path, pub: Path, iterations: int, budget: float) -> tuple[dict[str, dict], dict]:
     import http.client
 
-    from ai_edge_litert.interpreter import Interpreter
-
-    from bench.run import measure
+    from bench.common import measure, raw_litert
     from edge.agent import Agent
     from edge.config import AgentConfig
     from edge.predictor import Predictor
@@ -123,19 +117,7 @@ def _latency(work: Path, bundle: Path, pub: Path, iterations: int, budget: float
     body = json.dumps({"instances": [row]}).encode()
     with Predictor.open(bundle, trust=[pub], variant=VARIANT) as pred:
         feed = pred.encode([row]).as_feed()
-        interp = Interpreter(model_path=str(pred.bundle.path(pred.manifest.variant(VARIANT).file)), num_threads=1)
-        interp.allocate_tensors()
-        ins = {d["name"]: d["index"] for d in interp.get_input_details()}
-        out_idx = interp.get_output_details()[0]["index"]
-        cat_idx = next(i for k, i in ins.items() if "cat" in k)
-        num_idx = next(i for k, i in ins.items() if "num" in k)
-
-        def raw() -> object:
-            interp.set_tensor(cat_idx, feed["cat"])
-            interp.set_tensor(num_idx, feed["num"])
-            interp.invoke()
-            return interp.get_tensor(out_idx)
-
+        raw = raw_litert(pred.bundle.path(pred.manifest.variant(VARIANT).file), feed)
         lat["raw LiteRT invoke"] = measure(raw, iterations, budget)
         lat["Predictor.predict, embedded (no agent)"] = measure(lambda: pred.predict([row]), iterations, budget)
 

@@ -31,22 +31,18 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.common import free_port
+
 __all__ = ["run"]
 
 AGENTS = 50
 RAW_CHUNK, RAW_WINDOW = 64 * 1024, 16
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _mosquitto(work: Path) -> Iterator[str]:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = _free_port()
+    port = free_port()
     conf = work / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_connections -1\n")
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=open(work / "mosquitto.log", "wb"))

@@ -10,16 +10,13 @@ in count and time; network traffic stays on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import gc
 import http.client
 import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,25 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def measure(fn: Callable[[], object], iterations: int, budget_s: float, warmup: int = 200) -> dict[str, float]:
-    """Call ``fn`` up to ``iterations`` times (at most ``budget_s`` seconds); latency stats in µs."""
-    for _ in range(warmup):
-        fn()
-    samples: list[int] = []
-    gc.disable()
-    try:
-        deadline = time.perf_counter() + budget_s
-        for _ in range(iterations):
-            t0 = time.perf_counter_ns()
-            fn()
-            samples.append(time.perf_counter_ns() - t0)
-            if time.perf_counter() > deadline:
-                break
-    finally:
-        gc.enable()
-    us = np.array(samples, dtype=np.float64) / 1e3
-    return {"n": len(us), "p50": float(np.percentile(us, 50)), "p99": float(np.percentile(us, 99)), "mean": float(us.mean())}
+from bench.common import measure, raw_litert  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,29 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     ) as pred_onnx:
         feed = _encoded_row(pred_lite, row)
         # 1. the raw runtimes, straight through their own APIs
-        from ai_edge_litert.interpreter import Interpreter
-
-        interp = Interpreter(model_path=str(pred_lite.bundle.path(manifest.variant("tflite-int8").file)), num_threads=1)
-        interp.allocate_tensors()
-        ins = {d["name"]: d["index"] for d in interp.get_input_details()}
-        out_idx = interp.get_output_details()[0]["index"]
-        cat_idx = next(i for k, i in ins.items() if "cat" in k)
-        num_idx = next(i for k, i in ins.items() if "num" in k)
-
-        def raw_litert() -> object:
-            interp.set_tensor(cat_idx, feed["cat"])
-            interp.set_tensor(num_idx, feed["num"])
-            interp.invoke()
-            return interp.get_tensor(out_idx)
-
-        lat["raw LiteRT invoke (tflite-int8)"] = measure(raw_litert, n, budget)
+        lite_path = pred_lite.bundle.path(manifest.variant("tflite-int8").file)
+        lat["raw LiteRT invoke (tflite-int8)"] = measure(raw_litert(lite_path, feed), n, budget)
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         sess = ort.InferenceSession(str(pred_onnx.bundle.path(manifest.variant("onnx-fp32").file)), opts, providers=["CPUExecutionProvider"])
         lat["raw ONNX Runtime run (onnx-fp32)"] = measure(lambda: sess.run(None, feed), n, budget)
-        rt = get_runtime("litert")(pred_lite.bundle.path(manifest.variant("tflite-int8").file), threads=1)
+        rt = get_runtime("litert")(lite_path, threads=1)
         rt.load()
         lat["LiteRT runtime plugin infer"] = measure(lambda: rt.infer(feed), n, budget)
         rt.close()

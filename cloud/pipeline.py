@@ -26,7 +26,7 @@ from cloud import baselines
 from cloud.bundle import bundle_filename, write_bundle
 from cloud.gates import GateError, baseline_gate, parity_gate, run_variant, score
 from cloud.metrics import weights
-from cloud.prepare import Prepared, prepare
+from cloud.prepare import prepare
 from models.contract import LAG_WINDOW_DAYS
 from models.features import Encoded
 from models.manifest import ContractInfo, canonical_json

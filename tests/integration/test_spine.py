@@ -7,7 +7,6 @@ keeps serving; a restart with the broker down still serves.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

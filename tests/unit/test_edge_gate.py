@@ -19,7 +19,7 @@ from edge.config import AgentConfig
 from edge.gate import GateFailed, gate_predictor, load_holdout, run_gate
 from edge.predictor import Predictor
 from edge.runtimes import get_runtime
-from edge.testing import LINEAR_WEIGHTS, WRONG_WEIGHTS, build_bundle, build_wrong_model_bundle, real_models
+from edge.testing import LINEAR_WEIGHTS, build_bundle, build_wrong_model_bundle, real_models
 from models.bundle import read_manifest
 from models.metrics import weighted_rmse_log, weights
 from tests.conftest import require
