@@ -101,9 +101,7 @@ def _install(state_dir: Path, bundle: Path, pub: Path) -> Path:
 
 # -- latency ----------------------------------------------------------------------------------
 def _latency(work: Path, bundle: Path, pub: Path, iterations: int, budget: float) -> tuple[dict[str, dict], dict]:
-    import http.client
-
-    from bench.common import measure, raw_litert
+    from bench.common import http_post, measure, raw_litert
     from edge.agent import Agent
     from edge.config import AgentConfig
     from edge.predictor import Predictor
@@ -137,19 +135,9 @@ def _latency(work: Path, bundle: Path, pub: Path, iterations: int, budget: float
                 lat[f"agent Serving.predict, in-process ({tag})"] = measure(
                     lambda: agent.serving.predict([row], transport="serial"), iterations, budget
                 )
-                host, port = agent.http_url.split("//")[1].rsplit(":", 1)
-                conn = http.client.HTTPConnection(host, int(port), timeout=10)
-
-                def over_http() -> object:
-                    conn.request("POST", "/v1/predict", body, {"Content-Type": "application/json"})
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    if resp.status != 200:
-                        raise RuntimeError(data)
-                    return data
-
+                over_http, close = http_post(agent.http_url, "/v1/predict", body)
                 lat[f"HTTP POST /v1/predict ({tag})"] = measure(over_http, iterations, budget)
-                conn.close()
+                close()
 
                 url = BrokerURL.parse(broker.url)
                 got = threading.Event()

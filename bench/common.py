@@ -11,7 +11,7 @@ import numpy as np
 
 from cloud.demo import free_port
 
-__all__ = ["measure", "raw_litert", "free_port"]
+__all__ = ["measure", "raw_litert", "http_post", "free_port"]
 
 
 def measure(fn: Callable[[], object], iterations: int, budget_s: float, warmup: int = 200) -> dict[str, float]:
@@ -54,3 +54,21 @@ def raw_litert(model_path: str | Path, feed: Mapping[str, np.ndarray]) -> Callab
         return interp.get_tensor(out_idx)
 
     return invoke
+
+
+def http_post(url: str, path: str, body: bytes) -> tuple[Callable[[], bytes], Callable[[], None]]:
+    """A keep-alive JSON POST to ``url`` + ``path`` (raises on a non-200) and a function closing it."""
+    import http.client
+
+    host, port = url.split("//")[1].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=10)
+
+    def post() -> bytes:
+        conn.request("POST", path, body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(data)
+        return data
+
+    return post, conn.close

@@ -10,7 +10,6 @@ in count and time; network traffic stays on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import platform
@@ -26,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from bench.common import measure, raw_litert  # noqa: E402
+from bench.common import http_post, measure, raw_litert  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,19 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     agent.start()
     try:
         agent.install_and_activate(result.bundle)
-        host, port = agent.http_url.split("//")[1].rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=10)
-
-        def over_http() -> object:
-            conn.request("POST", "/v1/predict", body, {"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            data = resp.read()
-            if resp.status != 200:
-                raise RuntimeError(data)
-            return data
-
+        over_http, close = http_post(agent.http_url, "/v1/predict", body)
         lat["HTTP POST /v1/predict (agent, LiteRT int8)"] = measure(over_http, n, budget)
-        conn.close()
+        close()
     finally:
         agent.stop()
 

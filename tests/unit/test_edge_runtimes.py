@@ -10,6 +10,7 @@ from edge.runtimes import REGISTRY, available_runtimes, get_runtime, runtime_for
 from edge.runtimes.base import RuntimeLoadError, match_inputs, warmup_feed
 from edge.runtimes.fake import FakeRuntime
 from edge.testing import onnx_linear, tflite_linear
+from tests.conftest import require
 
 
 def expected(num: np.ndarray) -> np.ndarray:
@@ -93,8 +94,7 @@ def test_fake_runtime_needs_a_file(tmp_path):
 def test_real_runtimes_resize_for_any_batch(tmp_path, runtime, suffix, build):
     cls = get_runtime(runtime)
     ok, reason = cls.available()
-    if not ok:
-        pytest.skip(reason)
+    require(ok, f"{runtime}: {reason}")
     path = tmp_path / f"linear{suffix}"
     path.write_bytes(build())
     rt = cls(path, threads=1)
@@ -107,8 +107,7 @@ def test_real_runtimes_resize_for_any_batch(tmp_path, runtime, suffix, build):
 
 def test_real_runtime_refuses_wrong_format_and_garbage(tmp_path):
     cls = get_runtime("onnxruntime")
-    if not cls.available()[0]:
-        pytest.skip("onnxruntime missing")
+    require(cls.available()[0], "onnxruntime missing")
     wrong = tmp_path / "model.tflite"
     wrong.write_bytes(b"x")
     with pytest.raises(RuntimeLoadError):
