@@ -29,6 +29,7 @@ from cloud.metrics import weights
 from cloud.prepare import prepare
 from models.contract import LAG_WINDOW_DAYS
 from models.features import Encoded
+from models.fsutil import atomic_write_bytes
 from models.manifest import ContractInfo, canonical_json
 from models.recipes import VARIANTS, Recipe, load_recipe
 from models.reference import reference_stats
@@ -84,12 +85,7 @@ def _npz(**arrays: np.ndarray) -> bytes:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode(), mode=0o644)
 
 
 def train(

@@ -28,13 +28,13 @@ import datetime as dt
 import hashlib
 import ipaddress
 import json
-import os
 import secrets
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from models.fsutil import atomic_write_bytes
 from models import topics
 
 __all__ = [
@@ -79,13 +79,7 @@ def check_password(password: str, hashed: str) -> bool:
 
 def _atomic(path: Path, text: str, mode: int = 0o640) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode(), mode=mode)
 
 
 def _set_password(passwd: Path, user: str, password: str) -> None:

@@ -21,46 +21,20 @@ import datetime as dt
 import os
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from models.envelope import Signed, sign_document
+from models.fsutil import atomic_write_bytes
 from models.keys import KeyEntry, KeyList, KeyListError, verify_keylist
 from models.messages import utcnow
-from models.signing import generate_keypair, key_id, load_private_key, load_public_key
+from models.signing import key_id, load_private_key, load_public_key, write_keypair
 
 __all__ = ["init_root", "read_keylist", "add_signing_key", "revoke_signing_key"]
 
 
-def _write_private(path: Path, private: Ed25519PrivateKey) -> None:
-    pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def init_root(out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> tuple[Path, Path]:
     """Write ``root.key`` (PKCS#8 PEM, mode 0600; keep it offline) and ``root.pub`` (flash it on devices)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    key_path, pub_path = out / "root.key", out / "root.pub"
-    if not overwrite and (key_path.exists() or pub_path.exists()):
-        raise FileExistsError(f"{key_path} or {pub_path} exists; refusing to overwrite a root key")
-    private, public = generate_keypair()
-    _write_private(key_path, private)
-    pub_path.write_bytes(public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return key_path, pub_path
+    return write_keypair(out_dir, name="root", overwrite=overwrite)
 
 
 def read_keylist(path: str | os.PathLike[str], root: Ed25519PrivateKey) -> KeyList | None:
@@ -75,7 +49,7 @@ def read_keylist(path: str | os.PathLike[str], root: Ed25519PrivateKey) -> KeyLi
 def _write(path: Path, keylist: KeyList, root: Ed25519PrivateKey) -> Signed:
     env = sign_document(keylist.document(), root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path, env.model_dump_json(indent=1).encode() + b"\n")
+    atomic_write_bytes(path, env.model_dump_json(indent=1).encode() + b"\n", mode=0o644)
     return env
 
 

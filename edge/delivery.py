@@ -50,7 +50,7 @@ import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from edge.config import AgentConfig
-from edge.fsutil import atomic_write_bytes
+from models.fsutil import atomic_write_bytes
 from edge.metrics import AgentMetrics
 from edge.transfer import ChunkError, Transfer
 from edge.trust import TrustStore

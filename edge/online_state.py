@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.errors import ErrorDetail, RequestError, detail, from_validation_error
-from edge.fsutil import atomic_write_bytes
+from models.fsutil import atomic_write_bytes
 from models.contract import LAG_WINDOW_DAYS
 from models.features import SalesState, Tables, target_transform
 from models.serving import MAX_SALES_ROWS, SalesAck, SalesReport

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.fsutil import atomic_write_bytes
+from models.fsutil import atomic_write_bytes
 from models.bundle import BundleError, VerifiedBundle, read_manifest, sha256_file, unpack_bundle, verify_unpacked
 
 __all__ = ["ActivePointer", "ModelStore"]

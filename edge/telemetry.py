@@ -44,7 +44,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge.fsutil import atomic_write_bytes
+from models.fsutil import atomic_write_bytes
 from models import topics
 from models.messages import DeviceEvent
 from models.serving import TelemetryRecord

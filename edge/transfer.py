@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from edge import crash
-from edge.fsutil import atomic_write_bytes
+from models.fsutil import atomic_write_bytes
 from models.bundle import BundleError, sha256_file
 from models.messages import ModelAnnouncement
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.fsutil import atomic_write_bytes
+from models.fsutil import atomic_write_bytes
 from models.envelope import Signed
 from models.keys import KeyList, KeyListError, verify_keylist
 from models.signing import key_id, load_public_key

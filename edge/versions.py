@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.crash import crash_point
-from edge.fsutil import atomic_write_bytes
+from models.fsutil import atomic_write_bytes
 from edge.store import ModelStore
 from models.bundle import BundleError, verify_unpacked
 

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from models.contract import CONTRACT_VERSION
+from models.fsutil import fsync_dir
 from models.manifest import Manifest
 from models.signing import SignatureEnvelope, SignatureError, verify
 
@@ -175,9 +176,9 @@ def unpack_bundle(
         for name, data in meta.items():
             (tmp / name).write_bytes(data)
         (tmp / "bundle.sha256").write_text(file_digest + "\n")
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except (tarfile.TarError, EOFError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise BundleError("bad_archive", f"{bundle.name} is not a readable bundle: {exc}") from exc
@@ -202,11 +203,3 @@ def verify_unpacked(directory: str | os.PathLike[str], trusted: Iterable[Ed25519
         if not path.is_file() or path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
             raise BundleError("hash_mismatch", f"{path} is missing or does not match the signed manifest")
     return VerifiedBundle(manifest=manifest, directory=directory, digest=digest, keyid=keyid)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -91,13 +91,15 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     return key
 
 
-def write_keypair(out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> tuple[Path, Path]:
-    """Write ``signing.key`` (PKCS#8 PEM, mode 0600) and ``signing.pub`` into ``out_dir``."""
+def write_keypair(
+    out_dir: str | os.PathLike[str], *, name: str = "signing", overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Write ``<name>.key`` (PKCS#8 PEM, mode 0600) and ``<name>.pub`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    key_path, pub_path = out / "signing.key", out / "signing.pub"
+    key_path, pub_path = out / f"{name}.key", out / f"{name}.pub"
     if not overwrite and (key_path.exists() or pub_path.exists()):
-        raise FileExistsError(f"{key_path} or {pub_path} exists; refusing to overwrite a signing key")
+        raise FileExistsError(f"{key_path} or {pub_path} exists; refusing to overwrite a {name} key")
     private, public = generate_keypair()
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

@@ -9,8 +9,6 @@ import dataclasses
 import datetime as dt
 import json
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from models.envelope import Signed
 from models.messages import DeviceState, ModelAnnouncement
 from models.signing import generate_keypair
 from models.targets import announcement_of
+from tests.conftest import wait_for  # noqa: F401  (re-exported for the delivery tests)
 
 __all__ = ["KeyPair", "keypair", "Watcher", "ship", "assign", "start_agent", "wait_for", "events_of"]
 
@@ -48,16 +47,6 @@ def keypair(folder: Path, name: str = "signing") -> KeyPair:
     )
     pub_path.write_bytes(public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return KeyPair(private, public, key_path, pub_path)
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Watcher:

@@ -21,7 +21,7 @@ from edge.testing import build_bundle, flip_member_byte
 from models import topics
 from models.broker import BrokerURL, new_client
 from models.messages import DeviceState
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for
 
 ROW = {"date": "2017-08-16", "store_nbr": 1, "item_nbr": 103520, "onpromotion": False}
 DEVICE = "store-1"
@@ -46,16 +46,6 @@ def config(tmp_path: Path, pem: Path, **kw) -> AgentConfig:
 
 def health(agent: Agent) -> dict:
     return httpx.get(f"{agent.http_url}/healthz", timeout=5).json()
-
-
-def wait_for(cond, what: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 

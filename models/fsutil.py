@@ -25,10 +25,13 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, durable: bool = True, mode: int | None = None
+) -> None:
     """Replace ``path`` with ``data`` atomically: readers see the old or the new file, never half.
 
-    ``durable=False`` skips the fsyncs (still atomic, but may be lost on power failure).
+    ``durable=False`` skips the fsyncs (still atomic, but may be lost on power failure). ``mode``
+    sets the file's permissions (default: 0600, as ``mkstemp`` makes it).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -38,6 +41,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bo
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
