@@ -4,7 +4,7 @@ while models are swapped against steady state in the same run.
     section = run(work, bundle, pub)   # markdown; bench/run.py appends it to BENCHMARKS.md
     python -m bench.agent_a --work bench/.work-agent --bundle out/favorita-demand-v1.bundle.tar --pub keys/signing.pub
 
-- **Memory**: the real agent (``python -m edge.agent``) as its own process, once pinned to a LiteRT
+- **Memory**: the real agent (``edgeship agent``) as its own process, once pinned to a LiteRT
   variant and once to an ONNX Runtime one, started on a store that holds the bundle; VmRSS (and the
   peak VmHWM) from ``/proc`` after start-up, model load and warm-up, and one HTTP prediction.
 - **Start-to-serving**: from process start to the first 200 on ``/healthz`` that names a model
@@ -83,7 +83,7 @@ def _pct(xs: list[float], q: float) -> float:
 # -- memory and start-to-serving ------------------------------------------------------------------
 def _agent_once(state: Path, pub: Path, variant: str, body: bytes, log: Path) -> dict[str, float]:
     port = free_port()
-    cmd = [sys.executable, "-m", "edge.agent", "--device-id", "bench", "--state-dir", str(state), "--trust", str(pub),
+    cmd = [sys.executable, "-m", "edgeship", "agent", "--device-id", "bench", "--state-dir", str(state), "--trust", str(pub),
            "--http", f"127.0.0.1:{port}", "--variant", variant, "--log-level", "WARNING"]  # fmt: skip
     env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1"}
     t0 = time.perf_counter()
@@ -120,8 +120,8 @@ def _agent_once(state: Path, pub: Path, variant: str, body: bytes, log: Path) ->
 
 
 def _memory_and_startup(work: Path, bundle: Path, pub: Path, body: bytes, variants: dict[str, str]) -> dict[str, dict]:
-    from edge.store import ModelStore
-    from edge.versions import VersionHistory
+    from edge.store.model_store import ModelStore
+    from edge.store.versions import VersionHistory
     from models.signing import load_public_key
 
     out: dict[str, dict] = {}
@@ -144,7 +144,7 @@ def _memory_and_startup(work: Path, bundle: Path, pub: Path, body: bytes, varian
 
 # -- p99 during swaps ---------------------------------------------------------------------------
 def _repack(src: Path, dst: Path, version: int, key) -> Path:
-    from cloud.bundle import write_bundle
+    from cloud.training.bundle import write_bundle
 
     with tarfile.open(src) as tar:
         members = {i.name: tar.extractfile(i).read() for i in tar if i.name not in ("manifest.json", "signature.json")}
@@ -258,7 +258,7 @@ def run(work: Path, bundle: Path, pub: Path) -> str:
     lines = [
         "## Edge agent: memory, start-up and hot swap",
         "",
-        f"The real agent process (`python -m edge.agent`, HTTP on loopback, no broker), {os.cpu_count()} CPUs, 1 inference "
+        f"The real agent process (`edgeship agent`, HTTP on loopback, no broker), {os.cpu_count()} CPUs, 1 inference "
         "thread. Memory is VmRSS after start-up, model load and warm-up and one HTTP prediction (VmHWM = peak); "
         f"start-to-serving is process start to the first `/healthz` 200 naming a model (median of {STARTS} starts).",
         "",

@@ -90,8 +90,8 @@ def _row(bundle_dir: Path) -> dict[str, Any]:
 
 def _install(state_dir: Path, bundle: Path, pub: Path) -> Path:
     """Pre-install and activate the bundle, as a device that already runs it."""
-    from edge.predictor import load_trusted_keys
-    from edge.store import ModelStore
+    from edge.serving.predictor import load_trusted_keys
+    from edge.store.model_store import ModelStore
 
     store = ModelStore(state_dir, load_trusted_keys([pub]))
     installed = store.install(bundle)
@@ -104,7 +104,7 @@ def _latency(work: Path, bundle: Path, pub: Path, iterations: int, budget: float
     from bench.common import http_post, measure, raw_litert
     from edge.agent import Agent
     from edge.config import AgentConfig
-    from edge.predictor import Predictor
+    from edge.serving.predictor import Predictor
     from models import topics
     from models.broker import BrokerURL, new_client
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud.demo import free_port
+from edgeship.demo import free_port
 
 __all__ = ["measure", "raw_litert", "http_post", "free_port"]
 

@@ -148,7 +148,7 @@ def _raw_fanout(broker: str, data: bytes, n: int) -> float:
 def _raw_pull(broker: str, b, n: int, fleet: str) -> float:
     """The pull protocol alone: put the chunks retained, then ``n`` plain paho clients each pull them a
     window of 8 at a time (subscribe, take, unsubscribe) and discard the bytes. Seconds in all."""
-    from cloud.publish import Publisher
+    from cloud.fleet.publish import Publisher
     from models import topics
     from models.broker import BrokerURL, new_client
 
@@ -214,7 +214,7 @@ def _raw_pull(broker: str, b, n: int, fleet: str) -> float:
 
 
 def _fan_out(work: Path, broker: str, bundle: Path, key: Path, pub: Path, name: str) -> dict:
-    from cloud.publish import publish, read_bundle
+    from cloud.fleet.publish import publish, read_bundle
 
     b = read_bundle(bundle)
     agents = _agents(work / name, broker, pub, AGENTS, prefix=name, fleet=name)
@@ -245,7 +245,7 @@ def _fan_out(work: Path, broker: str, bundle: Path, key: Path, pub: Path, name: 
 def _big_bundle(work: Path, key: Path) -> Path:
     import random
 
-    from edge.testing import build_bundle
+    from tests.bundle_kit import build_bundle
     from models.signing import load_private_key
 
     path, _ = build_bundle(work / "favorita-demand-v7.bundle.tar", load_private_key(key), version=7,
@@ -255,7 +255,7 @@ def _big_bundle(work: Path, key: Path) -> Path:
 
 def _resume(work: Path, broker: str, key: Path, pub: Path, path: Path) -> dict:
     """A device cut off at 50 % of an 8 MiB bundle, restarted, against one fetching it all."""
-    from cloud.publish import Publisher, read_bundle, sign_targets
+    from cloud.fleet.publish import Publisher, read_bundle, sign_targets
     from models.signing import load_private_key
     from models.targets import announcement_of
 

@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=8.0, help="seconds per latency case at most")
     args = parser.parse_args(argv)
 
-    from cloud.pipeline import train
-    from cloud.synth import generate
-    from edge.predictor import Predictor
+    from cloud.training.pipeline import train
+    from cloud.data.synth import generate
+    from edge.serving.predictor import Predictor
     from edge.runtimes import get_runtime
     from models.bundle import read_manifest
     from models.signing import load_public_key, write_keypair

@@ -2,7 +2,7 @@
 
 Run it::
 
-    python -m edge.agent --device-id store-1 --state-dir /var/lib/edgeship \\
+    edgeship agent --device-id store-1 --state-dir /var/lib/edgeship \\
         --trust /etc/edgeship/signing.pub --http 0.0.0.0:8080 --broker mqtt://broker.local:1883
 
 or embed it::
@@ -14,8 +14,8 @@ or embed it::
 Start-up serves the last good model at once (re-verified from disk); MQTT connects in the
 background and keeps retrying, so a device serves even while the broker is down. An update is
 installed with full verification, loaded and warmed up, run through the on-device holdout gate
-(:mod:`edge.gate`), and only then made active (atomic pointer swap, then the predictor swap; a
-``kill -9`` anywhere leaves a verified version active, see :mod:`edge.versions`); the previous
+(:mod:`edge.store.gate`), and only then made active (atomic pointer swap, then the predictor swap; a
+``kill -9`` anywhere leaves a verified version active, see :mod:`edge.store.versions`); the previous
 model is closed after its in-flight requests. On any failure the current model keeps serving and
 the refusal is reported with a reason code. ``edgeship agent rollback`` goes back one version
 (offline; ``kill -HUP`` makes a running agent serve it), ``--install BUNDLE`` side-loads a file.
@@ -23,44 +23,38 @@ the refusal is reported with a reason code. ``edgeship agent rollback`` goes bac
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
-import signal
-import sys
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 
-from edge.config import AgentConfig, parse_option, with_options
-from edge.crash import crash_point
-from edge.gate import GateFailed, gate_predictor
-from edge.hardware import Choice, choose, detect
-from edge.http import HttpServer, create_app
-from edge.metrics import AgentMetrics
-from edge.mqtt import MqttLink
-from edge.mqtt_serving import MqttServing
-from edge.predictor import Predictor
-from edge.runtimes import REGISTRY, available_runtimes
-from edge.serving import Serving
-from edge.slot import ModelSlot
-from edge.store import ModelStore
-from edge.telemetry import Telemetry
-from edge.telemetry import for_agent as telemetry_for_agent
-from edge.transfer import Transfer
-from edge.trust import TrustStore
-from edge.versions import RollbackError, VersionHistory, recover, rollback_main, rollback_target
-from edge.versions import prune as prune_versions
-from edge.versions import rollback as rollback_store
-from edgeship.logs import setup_logging
+from edge.config import AgentConfig
+from edge.store.crash import crash_point
+from edge.store.gate import GateFailed, gate_predictor
+from edge.runtimes.hardware import Choice, choose, detect
+from edge.serving.http import HttpServer, create_app
+from edge.monitoring.metrics import AgentMetrics
+from edge.delivery.link import MqttLink
+from edge.serving.mqtt import MqttServing
+from edge.serving.predictor import Predictor
+from edge.runtimes import available_runtimes
+from edge.serving.pipeline import Serving
+from edge.serving.slot import ModelSlot
+from edge.store.model_store import ModelStore
+from edge.monitoring.telemetry import Telemetry
+from edge.monitoring.telemetry import for_agent as telemetry_for_agent
+from edge.delivery.transfer import Transfer
+from edge.delivery.trust import TrustStore
+from edge.store.versions import RollbackError, VersionHistory, recover, rollback_target
+from edge.store.versions import prune as prune_versions
+from edge.store.versions import rollback as rollback_store
 from models.bundle import BundleError, VerifiedBundle, verify_unpacked
 from models.messages import DeviceState, ModelAnnouncement, UpdateOutcome
 
-__all__ = ["Agent", "build_parser", "config_from_args", "main"]
+__all__ = ["Agent"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +70,14 @@ class Agent:
         self.metrics = AgentMetrics()
         self.slot = ModelSlot()
         # pinned signing keys (--trust) + keys a root-signed key list names (--trust-root), minus revoked ones;
-        # a live list the store shares, so a rotation applies at once (edge.trust)
+        # a live list the store shares, so a rotation applies at once (edge.delivery.trust)
         self.trust = TrustStore(config.state_dir, pinned=config.trust, roots=config.trust_root)
         self.trusted = self.trust.keys
         self.store = ModelStore(config.state_dir, self.trusted)
         self.runtimes = available_runtimes()
         self.hardware = detect()
         self.history = VersionHistory(config.state_dir)
-        self._no_serve: set[int] = set()  # rolled-back versions (edge.versions)
+        self._no_serve: set[int] = set()  # rolled-back versions (edge.store.versions)
         self.http: HttpServer | None = None
         self.mqtt: MqttLink | None = None
         self._status = "starting"
@@ -91,7 +85,7 @@ class Agent:
         self._last_gate: UpdateOutcome | None = None
         self._refused: dict[str, str] = {}  # bundle sha256 -> reason
         self._update_lock = threading.Lock()
-        # batching, shadow / A-B, online lag state, drift, prediction log (edge.serving); telemetry on start
+        # batching, shadow / A-B, online lag state, drift, prediction log (edge.serving.pipeline); telemetry on start
         self.serving = Serving.for_agent(self)
         self.telemetry: Telemetry | None = None
 
@@ -137,7 +131,7 @@ class Agent:
                 activate_installed=self.activate_installed,
             )
             mqtt_serving = MqttServing(self.serving, self.mqtt, max_payload_bytes=self.config.max_body_bytes)
-            mqtt_serving.register_command("assign", self.mqtt.delivery.on_assign)  # signed assignments (edge.delivery)
+            mqtt_serving.register_command("assign", self.mqtt.delivery.on_assign)  # signed assignments (edge.delivery.updater)
             mqtt_serving.attach()
             self.telemetry = telemetry_for_agent(self)
             self.telemetry.attach(self.mqtt)  # events, too, get sequence numbers and the on-disk spool
@@ -233,7 +227,7 @@ class Agent:
         )
 
     def _gate(self, predictor: Predictor) -> None:
-        """The on-device holdout gate (edge.gate); raises GateFailed with the numbers."""
+        """The on-device holdout gate (edge.store.gate); raises GateFailed with the numbers."""
         if self.config.gate == "off":
             return
         result = gate_predictor(predictor, margin=self.config.gate_margin, require=self.config.gate == "require")
@@ -243,7 +237,7 @@ class Agent:
         self._step("gate_passed", predictor.version, figures=result.numbers(), **result.figures())
 
     def _recover(self) -> None:
-        """Before serving: finish what a crash interrupted (edge.versions.recover), count offline rollbacks."""
+        """Before serving: finish what a crash interrupted (edge.store.versions.recover), count offline rollbacks."""
         self._no_serve = recover(self.store, self.history)
         if n := self.history.take_unreported_rollbacks():
             self.metrics.model_rollbacks.labels("manual").inc(n)
@@ -270,7 +264,7 @@ class Agent:
     def rollback(self, to: int | None = None) -> bool:
         """Go back one version (or to ``to``) while serving: the earlier version is loaded and warmed
         beside the current one, the pointer moves atomically, then the predictor is swapped.
-        Raises :class:`edge.versions.RollbackError` when there is nothing verified to go back to."""
+        Raises :class:`edge.store.versions.RollbackError` when there is nothing verified to go back to."""
         with self._update_lock:
             target = rollback_target(self.store, self.history, to)
             predictor = self._open_predictor(verify_unpacked(self.store.version_dir(target), self.store.trusted))
@@ -287,7 +281,7 @@ class Agent:
         return True
 
     def activate_installed(self, version: int, digest: str) -> bool:
-        """A signed rollback command (edge.delivery) names ``version``: go back to it without a download
+        """A signed rollback command (edge.delivery.updater) names ``version``: go back to it without a download
         if it is installed here with ``digest``. False (nothing changed) when it is not."""
         try:
             if verify_unpacked(self.store.version_dir(version), self.store.trusted).digest != digest:
@@ -461,7 +455,7 @@ class Agent:
             return
         current = self.predictor
         older = current is not None and current.name == ann.model and ann.version < current.version
-        # only a signed rollback command (edge.delivery) sets downgrade
+        # only a signed rollback command (edge.delivery.updater) sets downgrade
         if self.install_and_activate(path, ann, allow_downgrade=transfer.downgrade) and transfer.downgrade and older:
             self._step("rolled_back", ann.version, reason="rollback_command")
 
@@ -470,144 +464,3 @@ class Agent:
             self._step("failed", ann.version, reason, message=message)
         else:
             self._refuse(ann.version, reason, message, ann.sha256)
-
-
-# -- command line -----------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgeship agent", description="Run the edgeship edge agent on this device.")
-    p.add_argument("--device-id", required=True, help="this device's id, [a-z0-9_-]{1,64}")
-    p.add_argument("--state-dir", required=True, type=Path, help="folder for model versions and downloads")
-    p.add_argument(
-        "--trust",
-        action="append",
-        type=Path,
-        metavar="PUBKEY",
-        help="trusted (pinned) signing public key (PEM); repeatable; --trust or --trust-root is required",
-    )
-    p.add_argument(
-        "--trust-root",
-        action="append",
-        type=Path,
-        metavar="ROOTPUB",
-        help="root public key (PEM): trust the signing keys its signed key list names (rotation, revocation)",
-    )
-    p.add_argument(
-        "--attr",
-        dest="attributes",
-        action="append",
-        metavar="KEY=VALUE",
-        help="attribute reported for rollout selection, e.g. store_type=A, cluster=13, hardware=rpi4; repeatable",
-    )
-    p.add_argument("--transfer-window", type=int, help="bundle chunks requested at once (default 8)")
-    p.add_argument("--max-transfer-rate", dest="transfer_max_bps", type=int, metavar="BYTES_PER_S",
-                   help="cap on bundle download speed (default: none)")  # fmt: skip
-    p.add_argument("--broker", help="MQTT broker, mqtt://HOST:PORT (credentials: EDGESHIP_MQTT_USERNAME/_PASSWORD)")
-    p.add_argument("--http", metavar="HOST:PORT", help="serve HTTP here ([::1]:8080 for IPv6; port 0 = any free port)")
-    p.add_argument("--fleet", help="fleet id (default: default)")
-    p.add_argument("--model", help="accept only this model name's announcements")
-    p.add_argument(
-        "--variant",
-        dest="variants",
-        action="extend",
-        nargs="+",
-        metavar="NAME",
-        help="variant preference order, e.g. tflite-int8 onnx-fp32",
-    )
-    p.add_argument("--runtime", choices=sorted(REGISTRY), help="force one runtime plugin (fake: tests and demos)")
-    p.add_argument("--threads", type=int, help="threads per inference runtime (default 1)")
-    p.add_argument(
-        "--providers",
-        action="extend",
-        nargs="+",
-        metavar="NAME",
-        help="ONNX Runtime execution providers in order, e.g. tensorrt cuda cpu (default: those available of these)",
-    )
-    p.add_argument(
-        "--gate",
-        choices=["require", "if_present", "off"],
-        help="on-device holdout gate before activation (default require)",
-    )
-    p.add_argument("--gate-margin", type=float, help="allowed relative NWRMSLE increase in the gate (default 0.02)")
-    p.add_argument(
-        "--install",
-        action="append",
-        type=Path,
-        metavar="BUNDLE",
-        help="install and activate this bundle file after start-up (side-loading; verified and gated like any update)",
-    )
-    p.add_argument("--keep-versions", type=int, help="installed versions kept on disk (default 3)")
-    p.add_argument(
-        "--option",
-        dest="options",
-        action="append",
-        type=_option,
-        metavar="SECTION.FIELD=VALUE",
-        help="a nested setting, repeatable: batching.max_wait_ms=2, candidate.version=3, candidate.mode=ab, "
-        "candidate.share=0.1, predlog.sample_rate=0.2, telemetry.interval_s=30, drift.window_rows=5000 …",
-    )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> AgentConfig:
-    """An :class:`AgentConfig` from parsed arguments (unset options keep the config's defaults)."""
-    fields = {k: v for k, v in vars(args).items() if k not in ("log_level", "install", "options") and v is not None}
-    return AgentConfig(**with_options(fields, getattr(args, "options", None) or []))
-
-
-def _option(text: str) -> tuple[tuple[str, ...], object]:
-    try:
-        return parse_option(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``edgeship agent ...``: run until SIGINT/SIGTERM. Logs JSON lines to stderr; prints the HTTP URL.
-
-    ``edgeship agent rollback --state-dir DIR --trust PUBKEY`` goes back one model version instead
-    (offline, on the store; see :mod:`edge.versions`)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["rollback"]:
-        return rollback_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)  # one JSON object per line on stderr
-    try:
-        config = config_from_args(args)
-    except ValidationError as exc:
-        for err in exc.errors(include_url=False):
-            logger.error("invalid option --%s: %s", ".".join(map(str, err["loc"])).replace("_", "-"), err["msg"])
-        return 2
-    stop, reload = threading.Event(), threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda signum, _frame: (stop.set(), reload.set()))
-        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda signum, _frame: reload.set())
-    try:
-        try:
-            agent = Agent(config).start()
-        except Exception as exc:
-            logger.error("agent could not start: %s", exc, exc_info=logger.isEnabledFor(logging.DEBUG))
-            return 1
-        if agent.http_url:
-            print(agent.http_url, flush=True)
-        for bundle in args.install or ():  # side-loaded (USB stick, provisioning): the same checks as MQTT
-            agent.install_and_activate(bundle)
-        while not stop.is_set():
-            # A timeout, not a bare wait: a signal the kernel hands to another thread (it does when the
-            # main thread is ptrace-stopped, e.g. under strace) runs its handler only once the main
-            # thread returns to the interpreter; a bare wait would sleep through SIGTERM.
-            if reload.wait(0.5) and not stop.is_set():
-                reload.clear()
-                agent.reload()  # SIGHUP: serve what the store's pointer names (after `edgeship agent rollback`)
-        logger.info("stopping")
-        agent.stop()
-        return 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

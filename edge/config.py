@@ -16,12 +16,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edge.batching import BatchingConfig
-from edge.drift import DriftConfig
-from edge.online_state import OnlineStateConfig
-from edge.predlog import PredLogConfig
-from edge.shadow import CandidateConfig
-from edge.telemetry import TelemetryConfig
+from edge.serving.batching import BatchingConfig
+from edge.monitoring.drift import DriftConfig
+from edge.serving.online_state import OnlineStateConfig
+from edge.monitoring.predlog import PredLogConfig
+from edge.serving.shadow import CandidateConfig
+from edge.monitoring.telemetry import TelemetryConfig
 from models import topics
 from models.broker import BrokerURL
 from models.topics import ID_PATTERN
@@ -117,20 +117,20 @@ class AgentConfig(BaseModel):
     reconnect_max_s: float = Field(default=60.0, gt=0, description="Longest MQTT reconnect delay.")
     # -- serving extras (each section is defined beside the code it configures) -----------------
     batching: BatchingConfig = Field(
-        default_factory=BatchingConfig, description="Adaptive micro-batching of concurrent requests (edge.batching)."
+        default_factory=BatchingConfig, description="Adaptive micro-batching of concurrent requests (edge.serving.batching)."
     )
     candidate: CandidateConfig = Field(
-        default_factory=CandidateConfig, description="Shadow / A-B candidate model at start-up (edge.shadow)."
+        default_factory=CandidateConfig, description="Shadow / A-B candidate model at start-up (edge.serving.shadow)."
     )
     online_state: OnlineStateConfig = Field(
-        default_factory=OnlineStateConfig, description="Lag windows kept current from reported sales (edge.online_state)."
+        default_factory=OnlineStateConfig, description="Lag windows kept current from reported sales (edge.serving.online_state)."
     )
-    drift: DriftConfig = Field(default_factory=DriftConfig, description="Per-feature PSI drift (edge.drift).")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Per-feature PSI drift (edge.monitoring.drift).")
     predlog: PredLogConfig = Field(
-        default_factory=PredLogConfig, description="Sampled log of inputs and predictions (edge.predlog)."
+        default_factory=PredLogConfig, description="Sampled log of inputs and predictions (edge.monitoring.predlog)."
     )
     telemetry: TelemetryConfig = Field(
-        default_factory=TelemetryConfig, description="Sequenced, spooled telemetry and events (edge.telemetry)."
+        default_factory=TelemetryConfig, description="Sequenced, spooled telemetry and events (edge.monitoring.telemetry)."
     )
 
     @field_validator("broker")

@@ -9,7 +9,7 @@ without reflashing. A device keeps the newest list it verified and refuses an ol
 list cannot un-revoke a key).
 
 The root key signs nothing but key lists and lives offline (``edgeship keys init-root``,
-``edgeship keys sign``, ``edgeship keys revoke``: :mod:`cloud.root`).
+``edgeship keys sign``, ``edgeship keys revoke``: :mod:`cloud.fleet.root`).
 
 >>> import datetime as dt
 >>> from models.envelope import sign_document

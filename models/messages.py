@@ -151,5 +151,5 @@ class DeviceEvent(_Message):
     at: dt.datetime = Field(default_factory=utcnow)
     detail: dict[str, Any] = Field(default_factory=dict)
     seq: int | None = Field(
-        default=None, ge=1, description="Per-device sequence number shared with telemetry (edge.telemetry)."
+        default=None, ge=1, description="Per-device sequence number shared with telemetry (edge.monitoring.telemetry)."
     )

@@ -5,7 +5,7 @@ otherwise)::
 
     NWRMSLE = sqrt( sum_i w_i (log_pred_i - log_true_i)² / sum_i w_i )
 
-Pure numpy; :mod:`cloud.metrics` builds on it and the agent (:mod:`edge.gate`) calls it directly.
+Pure numpy; :mod:`cloud.training.metrics` builds on it and the agent (:mod:`edge.store.gate`) calls it directly.
 
 >>> round(weighted_rmse_log([0.0, 0.6931], [0.0, 0.6931], [1.0, 1.25]), 6)
 0.0

@@ -6,7 +6,7 @@
      "num": {feature: {"mean", "std", "edges": [decile edges], "fractions": [share per bin]}},
      "cat": {feature: {"values": [...], "fractions": [...]}}}
 
-The agent (:mod:`edge.drift`) compares recent requests' inputs with it (PSI per feature).
+The agent (:mod:`edge.monitoring.drift`) compares recent requests' inputs with it (PSI per feature).
 """
 
 from __future__ import annotations

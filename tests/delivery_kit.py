@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cloud.publish import Publisher, read_bundle, sign_targets
+from cloud.fleet.publish import Publisher, read_bundle, sign_targets
 from edge.agent import Agent
 from edge.config import AgentConfig
 from models import topics

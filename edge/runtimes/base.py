@@ -12,7 +12,7 @@ output in log1p(unit_sales) space. :meth:`Runtime.infer` takes ``{"cat": ..., "n
     rt.infer({"cat": cat, "num": num})    # float32 [N], log1p(unit_sales)
     rt.close()
 
-Runtimes are not thread-safe by contract: :class:`edge.predictor.Predictor` serialises calls.
+Runtimes are not thread-safe by contract: :class:`edge.serving.predictor.Predictor` serialises calls.
 """
 
 from __future__ import annotations

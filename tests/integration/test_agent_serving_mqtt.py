@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from edge.agent import Agent
 from edge.config import AgentConfig
-from edge.store import ModelStore
-from edge.testing import STATE_END, build_bundle, onnx_linear, tflite_linear
+from edge.store.model_store import ModelStore
+from tests.bundle_kit import STATE_END, build_bundle, onnx_linear, tflite_linear
 from models import topics
 from models.broker import BrokerURL, new_client
 from tests.conftest import Mosquitto, require
@@ -319,7 +319,7 @@ def test_agent_opens_no_connection_but_the_broker_and_its_listener(tmp_path, key
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORT_", "GRADIO_"))}  # the agent must do it itself
     trace = tmp_path / "trace.txt"
     cmd = ["strace", "-f", "-e", "trace=network", "-o", str(trace),
-           sys.executable, "-m", "edge.agent", "--device-id", DEVICE, "--state-dir", str(tmp_path / "state"),
+           sys.executable, "-m", "edgeship", "agent", "--device-id", DEVICE, "--state-dir", str(tmp_path / "state"),
            "--trust", str(keys[2]), "--http", "127.0.0.1:0", "--broker", mosquitto.url, "--variant", "onnx-fp32"]  # fmt: skip
     log = tmp_path / "agent.log"
     with open(log, "w") as err:  # a file, not a pipe: nothing here can block on a process that lingers

@@ -1,7 +1,7 @@
-"""Issue 4 item 4: the kill -9 matrix. The real agent (``python -m edge.agent``, real LiteRT, real
+"""Issue 4 item 4: the kill -9 matrix. The real agent (``edgeship agent``, real LiteRT, real
 Mosquitto on a loopback port) is killed with SIGKILL at named points of an update — while chunks
 arrive, after the download, during and after unpacking, around the pointer write and the swap,
-while pruning, during an offline rollback — by ``EDGESHIP_CRASH_AT`` (:mod:`edge.crash`). After a
+while pruning, during an offline rollback — by ``EDGESHIP_CRASH_AT`` (:mod:`edge.store.crash`). After a
 restart it must serve AT ONCE a fully verified model (old or new, as the point dictates, never a
 partial one): ``/healthz`` names a version whose store folder verifies against the signature and
 whose digest ``active.json`` holds, every version folder on disk verifies, no temp leftovers, and
@@ -28,9 +28,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from edge.runtimes import get_runtime
-from edge.store import ModelStore
-from edge.testing import LINEAR_WEIGHTS, build_bundle, real_models
-from edge.versions import VersionHistory
+from edge.store.model_store import ModelStore
+from tests.bundle_kit import LINEAR_WEIGHTS, build_bundle, real_models
+from edge.store.versions import VersionHistory
 from models.bundle import sha256_file, verify_unpacked
 from models.signing import generate_keypair
 from tests.conftest import require
@@ -77,7 +77,7 @@ def material(tmp_path_factory):
             d / f"favorita-demand-v{v}.bundle.tar", private, version=v,
             model_bytes=real_models(("tflite-fp32",), w), expected_weights=w,
         )[0]  # fmt: skip
-    from edge.predictor import Predictor
+    from edge.serving.predictor import Predictor
 
     predictions = {}
     for v, path in bundles.items():
@@ -95,7 +95,7 @@ class AgentProcess:
         self.log = log
         with open(log, "ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge.agent", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True
+                [sys.executable, "-m", "edgeship", "agent", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True
             )
 
     def tail(self) -> str:
@@ -149,7 +149,7 @@ def check_disk(state: Path, public, digests: dict[int, str]) -> None:
 
 
 def run_case(i: int, point: str, how: str, after_restart: int, material: dict, broker) -> str:
-    from cloud.publish import publish
+    from cloud.fleet.publish import publish
 
     work = material["dir"] / f"case-{i}-{point}-{how}"
     state = work / "state"

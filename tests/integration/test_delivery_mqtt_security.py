@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud import provision
-from cloud.publish import publish
-from edge.testing import build_bundle
+from cloud.fleet import provision
+from cloud.fleet.publish import publish
+from tests.bundle_kit import build_bundle
 from models import topics
 from models.broker import BrokerURL, new_client
 from tests.conftest import Mosquitto, free_port

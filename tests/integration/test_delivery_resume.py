@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud.publish import Publisher, publish, read_bundle
-from edge.testing import build_bundle
+from cloud.fleet.publish import Publisher, publish, read_bundle
+from tests.bundle_kit import build_bundle
 from tests.conftest import Mosquitto
 from tests.delivery_kit import Watcher, keypair, ship, start_agent, wait_for
 
@@ -88,7 +88,7 @@ def test_broker_restarted_mid_transfer_completes_by_resuming(tmp_path, big, tmp_
 
 
 def _agent_cmd(state: Path, broker: str, pub: Path, rate: int) -> list[str]:
-    return [sys.executable, "-m", "edge.agent", "--device-id", "store-9", "--state-dir", str(state), "--trust", str(pub),
+    return [sys.executable, "-m", "edgeship", "agent", "--device-id", "store-9", "--state-dir", str(state), "--trust", str(pub),
             "--broker", broker, "--runtime", "fake", "--max-transfer-rate", str(rate)]  # fmt: skip
 
 

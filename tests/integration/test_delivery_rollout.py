@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud.publish import publish
-from cloud.rollout import Rollout, status
+from cloud.fleet.publish import publish
+from cloud.fleet.rollout import Rollout, status
 from edge.runtimes import get_runtime
-from edge.testing import build_bundle, build_wrong_model_bundle, real_models
+from tests.bundle_kit import build_bundle, build_wrong_model_bundle, real_models
 from tests.conftest import require
 from tests.delivery_kit import Watcher, keypair, start_agent, wait_for
 
@@ -140,7 +140,7 @@ def test_rollback_command_fleet_wide_and_abort_without_a_live_controller(fleet, 
     for d in DEVICES:
         wait_for(lambda d=d: f["agents"][d].predictor.version == 1, f"{d} back on v1")
         f["watch"].wait(d, "rolled_back", version=1)
-    # a version rolled back from is not installed again (edge.versions): an assignment of it is
+    # a version rolled back from is not installed again (edge.store.versions): an assignment of it is
     # refused at once, so the controller aborts instead of waiting for the gate timeout
     result = _rollout(f, f["good"][2], state, canary=1, waves=[1.0]).run()
     assert result["phase"] == "rolled_back" and "store-1 (rolled_back)" in result["reason"], result["reason"]

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from edge.agent import Agent
 from edge.config import AgentConfig
 from edge.runtimes import get_runtime
-from edge.testing import LINEAR_WEIGHTS, build_bundle, real_models
+from tests.bundle_kit import LINEAR_WEIGHTS, build_bundle, real_models
 from models.signing import generate_keypair
 from tests.conftest import require
 

@@ -19,8 +19,8 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud.bundle import write_bundle
-from edge.testing import flip_member_byte
+from cloud.training.bundle import write_bundle
+from tests.bundle_kit import flip_member_byte
 from models import topics
 from models.broker import BrokerURL, new_client
 from models.bundle import read_manifest
@@ -40,7 +40,7 @@ def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 
 
 def _http(url: str, body: object | None = None) -> tuple[int, dict]:
-    from cloud.demo import http_json
+    from edgeship.demo import http_json
 
     return http_json(url, body)
 
@@ -209,7 +209,7 @@ def test_publish_serve_refuse_tampered_and_restart_offline(trained: dict, mosqui
         assert len(body["predictions"]) == 1 and body["predictions"][0] >= 0
 
         # The agent and an embedded Predictor on the same bundle agree exactly.
-        from edge.predictor import Predictor
+        from edge.serving.predictor import Predictor
 
         with Predictor.open(trained["bundle"], trust=[pub], variant=body["model"]["variant"]) as local:
             assert local.predict([_sample(trained)]) == body["predictions"]

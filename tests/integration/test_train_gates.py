@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cloud.synth import generate
+    from cloud.data.synth import generate
     from models.signing import write_keypair
 
     root = tmp_path_factory.mktemp("gates")

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from cloud.bundle import write_bundle
+from cloud.training.bundle import write_bundle
 from models.bundle import BundleError, read_manifest, unpack_bundle, verify_unpacked
 from models.contract import CAT_FEATURES, CONTRACT_VERSION, LAG_WINDOW_DAYS, NUM_FEATURES
 from models.signing import SignatureError, generate_keypair, key_id, load_private_key, load_public_key, sign, verify, write_keypair

@@ -1,4 +1,4 @@
-"""cloud.data: streamed loading with window and store filters, the version hash, clean, daily grid."""
+"""cloud.data.loader: streamed loading with window and store filters, the version hash, clean, daily grid."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloud import data, synth
-from cloud.validate import DataValidationError
+from cloud.data import loader as data, synth
+from cloud.data.validate import DataValidationError
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_bad_arguments(pristine: Path) -> None:
 def test_missing_required_and_optional_files(folder: Path, caplog: pytest.LogCaptureFixture) -> None:
     (folder / "test.csv").unlink()
     (folder / "oil.csv").unlink()
-    with caplog.at_level(logging.WARNING, logger="cloud.data"):
+    with caplog.at_level(logging.WARNING, logger="cloud.data.loader"):
         fav = data.load(folder, progress=False)
     assert fav.test is None
     assert fav.oil.empty and list(fav.oil.columns) == ["date", "dcoilwtico"]

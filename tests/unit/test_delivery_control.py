@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from cloud import provision
-from cloud.fleet import DeviceView, format_table
-from cloud.rollout import AbortRule, Rollout, RolloutError, parse_rules, parse_waves, plan_waves
-from edge.delivery import ranges
-from edge.testing import build_bundle
+from cloud.fleet import provision
+from cloud.fleet.view import DeviceView, format_table
+from cloud.fleet.rollout import AbortRule, Rollout, RolloutError, parse_rules, parse_waves, plan_waves
+from edge.delivery.updater import ranges
+from tests.bundle_kit import build_bundle
 from models.messages import ActiveModel, DeviceState, UpdateOutcome
 from tests.delivery_kit import keypair
 

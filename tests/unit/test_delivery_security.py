@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud.publish import Publisher, read_bundle, sign_targets
-from cloud.root import add_signing_key, init_root, revoke_signing_key
-from edge.testing import build_bundle, sample_state
-from edge.transfer import ChunkError, Transfer
+from cloud.fleet.publish import Publisher, read_bundle, sign_targets
+from cloud.fleet.root import add_signing_key, init_root, revoke_signing_key
+from tests.bundle_kit import build_bundle, sample_state
+from edge.delivery.transfer import ChunkError, Transfer
 from models import topics
 from models.envelope import Signed, sign_document
 from models.keys import KeyListError
@@ -86,7 +86,7 @@ def test_arbitrary_installation_unsigned_untrusted_or_forged_is_refused(tmp_path
 
 
 def announcement_of_unsigned(bundle: Path):
-    from cloud.publish import announcement_for
+    from cloud.fleet.publish import announcement_for
 
     return announcement_for(bundle, 4096)
 
@@ -144,7 +144,7 @@ def test_freeze_expired_metadata_is_refused_and_reported_and_replays_are_ignored
     finally:
         agent.stop()
     # the CLI flag: edgeship publish --expires-in
-    from edgeship.delivery_cli import _seconds
+    from edgeship.commands.args import seconds as _seconds
 
     assert _seconds("15m") == 900 and _seconds("2d") == 172800
 
@@ -302,7 +302,7 @@ def test_key_compromise_root_signed_rotation_and_revocation_without_reflashing(t
     finally:
         again.stop()
     # a pinned key (--trust) that the root's list revokes is not trusted either
-    from edge.trust import TrustStore
+    from edge.delivery.trust import TrustStore
 
     ts = TrustStore(tmp_path / "pinned", pinned=[k1.pub_path], roots=[root_pub])
     assert ts.update(v3_list) and [key_id(k) for k in ts.keys] == [key_id(k2.public)]

@@ -13,11 +13,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from pydantic import ValidationError
 
-from cloud.publish import announcement_for
-from edge.agent import Agent, build_parser, config_from_args, main
+from cloud.fleet.publish import announcement_for
+from edge.agent import Agent
+from edgeship.cli import build_parser, main
+from edgeship.commands.agent import config_from_args
 from edge.config import AgentConfig
-from edge.store import ModelStore
-from edge.testing import build_bundle, flip_member_byte
+from edge.store.model_store import ModelStore
+from tests.bundle_kit import build_bundle, flip_member_byte
 from models import topics
 from models.broker import BrokerURL, new_client
 from models.messages import DeviceState
@@ -88,6 +90,7 @@ def restore_logging():
 def test_cli_args_to_config(tmp_path, keys, restore_logging):
     args = build_parser().parse_args(
         [
+            "agent",
             "--device-id",
             "d1",
             "--state-dir",
@@ -108,7 +111,7 @@ def test_cli_args_to_config(tmp_path, keys, restore_logging):
     cfg = config_from_args(args)
     assert cfg.trust == [keys[2], keys[2]] and cfg.variants == ["tflite-int8", "onnx-fp32"] and cfg.threads == 2
     assert cfg.broker is None and cfg.keep_versions == 3
-    assert main(["--device-id", "BAD ID", "--state-dir", str(tmp_path), "--trust", str(keys[2])]) == 2
+    assert main(["agent", "--device-id", "BAD ID", "--state-dir", str(tmp_path), "--trust", str(keys[2])]) == 2
 
 
 # -- start-up ---------------------------------------------------------------------------------
@@ -290,7 +293,7 @@ def test_cli_process_serves_until_sigterm(tmp_path, keys, bundles):
     store.install(bundles[1])
     store.activate(1)
     root = Path(__file__).resolve().parents[2]
-    cmd = [sys.executable, "-m", "edge.agent", "--device-id", DEVICE, "--state-dir", str(tmp_path / "state"),
+    cmd = [sys.executable, "-m", "edgeship", "agent", "--device-id", DEVICE, "--state-dir", str(tmp_path / "state"),
            "--trust", str(keys[2]), "--http", "127.0.0.1:0", "--runtime", "fake"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

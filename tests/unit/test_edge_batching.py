@@ -1,4 +1,4 @@
-"""edge.batching: concurrent requests share batches, a lone client is never held back, bounded queue."""
+"""edge.serving.batching: concurrent requests share batches, a lone client is never held back, bounded queue."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edge.batching import BatchingConfig, BatchMetrics, MicroBatcher, Overloaded
+from edge.serving.batching import BatchingConfig, BatchMetrics, MicroBatcher, Overloaded
 
 
 class Recorder:

@@ -12,14 +12,14 @@ import httpx
 import numpy as np
 import pytest
 
-from cloud.bundle import write_bundle
-from cloud.metrics import nwrmsle_log
+from cloud.training.bundle import write_bundle
+from cloud.training.metrics import nwrmsle_log
 from edge.agent import Agent
 from edge.config import AgentConfig
-from edge.gate import GateFailed, gate_predictor, load_holdout, run_gate
-from edge.predictor import Predictor
+from edge.store.gate import GateFailed, gate_predictor, load_holdout, run_gate
+from edge.serving.predictor import Predictor
 from edge.runtimes import get_runtime
-from edge.testing import LINEAR_WEIGHTS, build_bundle, build_wrong_model_bundle, real_models
+from tests.bundle_kit import LINEAR_WEIGHTS, build_bundle, build_wrong_model_bundle, real_models
 from models.bundle import read_manifest
 from models.metrics import weighted_rmse_log, weights
 from tests.conftest import require
@@ -171,7 +171,7 @@ def test_gate_failure_is_reported_over_mqtt(tmp_path, keys, mosquitto):
     private, _, pem = keys
     good, _ = build_bundle(tmp_path / "favorita-demand-v1.bundle.tar", private, version=1, model_bytes=real_models(("tflite-fp32",)))
     bad, _ = build_wrong_model_bundle(tmp_path / "favorita-demand-v2.bundle.tar", private, version=2)
-    fleet = Fleet(mosquitto.url, key=private)  # signs the targets (edge.delivery refuses unsigned)
+    fleet = Fleet(mosquitto.url, key=private)  # signs the targets (edge.delivery.updater refuses unsigned)
     cfg = AgentConfig(device_id="store-1", state_dir=tmp_path / "s", trust=[pem], broker=mosquitto.url)
     agent = Agent(cfg).start()
     try:
@@ -194,6 +194,6 @@ def test_gate_failure_is_reported_over_mqtt(tmp_path, keys, mosquitto):
 
 
 def _ann(path):
-    from cloud.publish import announcement_for
+    from cloud.fleet.publish import announcement_for
 
     return announcement_for(path, 4096)[0]

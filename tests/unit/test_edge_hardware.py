@@ -8,13 +8,15 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from edge import hardware as hw_module
-from edge.agent import Agent, build_parser, config_from_args
+from edge.runtimes import hardware as hw_module
+from edge.agent import Agent
+from edgeship.cli import build_parser
+from edgeship.commands.agent import config_from_args
 from edge.config import AgentConfig
-from edge.hardware import ARM_ORDER, Hardware, choose
+from edge.runtimes.hardware import ARM_ORDER, Hardware, choose
 from edge.runtimes import get_runtime
 from edge.runtimes.onnx import CPU, OnnxRuntime, available_providers, canonical_provider, resolve_providers
-from edge.testing import build_bundle, onnx_linear, real_models
+from tests.bundle_kit import build_bundle, onnx_linear, real_models
 from models.signing import generate_keypair
 from tests.conftest import require
 
@@ -100,7 +102,7 @@ def test_configuration_comes_before_hardware():
 
 def test_cli_and_config_take_providers(tmp_path):
     args = build_parser().parse_args(
-        ["--device-id", "d1", "--state-dir", str(tmp_path), "--trust", "k.pub", "--providers", "tensorrt", "cuda", "cpu",
+        ["agent", "--device-id", "d1", "--state-dir", str(tmp_path), "--trust", "k.pub", "--providers", "tensorrt", "cuda", "cpu",
          "--gate", "if_present", "--gate-margin", "0.05"]  # fmt: skip
     )
     cfg = config_from_args(args)

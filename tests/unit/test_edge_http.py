@@ -7,11 +7,11 @@ import json
 import httpx
 import pytest
 
-from edge.http import HttpServer, create_app
-from edge.metrics import AgentMetrics
-from edge.predictor import Predictor
-from edge.slot import ModelSlot
-from edge.testing import build_bundle
+from edge.serving.http import HttpServer, create_app
+from edge.monitoring.metrics import AgentMetrics
+from edge.serving.predictor import Predictor
+from edge.serving.slot import ModelSlot
+from tests.bundle_kit import build_bundle
 from models.signing import generate_keypair
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient. is deprecated")

@@ -1,4 +1,4 @@
-"""edge.online_state: lag windows kept current from reported sales, validated, persisted, re-based."""
+"""edge.serving.online_state: lag windows kept current from reported sales, validated, persisted, re-based."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from edge.errors import RequestError
-from edge.online_state import OnlineState, OnlineStateConfig, SalesRecord, merge_state
-from edge.predictor import Predictor
-from edge.testing import PAIRS, STATE_END, build_bundle, sample_state
+from edge.serving.errors import RequestError
+from edge.serving.online_state import OnlineState, OnlineStateConfig, SalesRecord, merge_state
+from edge.serving.predictor import Predictor
+from tests.bundle_kit import PAIRS, STATE_END, build_bundle, sample_state
 from models.contract import LAG_WINDOW_DAYS as W
 from models.features import SalesState, encode, target_transform
 

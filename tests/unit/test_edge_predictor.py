@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.errors import InferenceError, RequestError
-from edge.predictor import Predictor
-from edge.testing import STATE_END, build_bundle, onnx_linear, sample_state, sample_tables, tflite_linear
+from edge.serving.errors import InferenceError, RequestError
+from edge.serving.predictor import Predictor
+from tests.bundle_kit import STATE_END, build_bundle, onnx_linear, sample_state, sample_tables, tflite_linear
 from models.bundle import BundleError, unpack_bundle
 from models.contract import PredictRequest
 from models.features import encode, target_inverse

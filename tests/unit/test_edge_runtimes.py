@@ -9,7 +9,7 @@ import pytest
 from edge.runtimes import REGISTRY, available_runtimes, get_runtime, runtime_for_variant
 from edge.runtimes.base import RuntimeLoadError, match_inputs, warmup_feed
 from edge.runtimes.fake import FakeRuntime
-from edge.testing import onnx_linear, tflite_linear
+from tests.bundle_kit import onnx_linear, tflite_linear
 from tests.conftest import require
 
 

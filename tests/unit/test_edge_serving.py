@@ -1,4 +1,4 @@
-"""edge.serving through a real agent's HTTP (uvicorn on loopback, fake runtime, no broker):
+"""edge.serving.pipeline through a real agent's HTTP (uvicorn on loopback, fake runtime, no broker):
 the batch endpoint, batching of concurrent requests, sales, A/B and shadow metrics, drift, the
 prediction log, and fuzzed bodies that never crash the agent."""
 
@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from edge.agent import Agent
 from edge.config import AgentConfig
-from edge.predlog import read_rows
-from edge.shadow import CandidateSettings
-from edge.testing import PAIRS, STATE_END, build_bundle, sample_state, sample_tables
+from edge.monitoring.predlog import read_rows
+from edge.serving.shadow import CandidateSettings
+from tests.bundle_kit import PAIRS, STATE_END, build_bundle, sample_state, sample_tables
 from models.contract import LAG_WINDOW_DAYS
 from models.features import SalesState, encode
 
@@ -42,7 +42,7 @@ def rows_in_distribution(n: int, seed: int, promo: float = 0.1, days: int = 14) 
 
 
 def reference_stats_json(seed: int = 99) -> bytes:
-    """What the trainer writes (cloud.pipeline.reference_stats) for rows like rows_in_distribution."""
+    """What the trainer writes (cloud.training.pipeline.reference_stats) for rows like rows_in_distribution."""
     from models.reference import reference_stats
 
     rows = rows_in_distribution(3000, seed)
@@ -258,7 +258,7 @@ def test_shadow_compares_without_answering(agent, bundles):
 
 def test_candidate_from_config_at_start(tmp_path, keys, bundles):
     # The previous version (kept for rollback) as the candidate beside the new live one. (Versions
-    # installed but never activated are removed at start-up by crash recovery, edge.versions.)
+    # installed but never activated are removed at start-up by crash recovery, edge.store.versions.)
     first = start_agent(tmp_path, keys[2], bundles[1])
     assert first.install_and_activate(bundles[2])
     first.stop()
@@ -380,9 +380,10 @@ def test_state_window_constant():
 
 
 def test_nested_settings_from_the_command_line(tmp_path, keys):
-    from edge.agent import build_parser, config_from_args
+    from edgeship.cli import build_parser
+    from edgeship.commands.agent import config_from_args
 
-    base = ["--device-id", "d1", "--state-dir", str(tmp_path), "--trust", str(keys[2])]
+    base = ["agent", "--device-id", "d1", "--state-dir", str(tmp_path), "--trust", str(keys[2])]
     args = build_parser().parse_args(
         [*base, "--option", "batching.max_wait_ms=2.5", "--option", "candidate.version=3",
          "--option", "candidate.mode=ab", "--option", "predlog.sample_rate=0"]  # fmt: skip

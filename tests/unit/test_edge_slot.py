@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge.slot import ModelSlot
+from edge.serving.slot import ModelSlot
 
 
 class Model:

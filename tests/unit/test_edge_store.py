@@ -9,8 +9,8 @@ import tarfile
 
 import pytest
 
-from edge.store import ActivePointer, ModelStore
-from edge.testing import build_bundle, flip_member_byte
+from edge.store.model_store import ActivePointer, ModelStore
+from tests.bundle_kit import build_bundle, flip_member_byte
 from models.bundle import BundleError, sha256_file
 from models.signing import generate_keypair
 

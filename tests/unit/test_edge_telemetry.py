@@ -1,4 +1,4 @@
-"""edge.telemetry: the on-disk spool (sequence, crash recovery, bound) and delivery through a fake link."""
+"""edge.monitoring.telemetry: the on-disk spool (sequence, crash recovery, bound) and delivery through a fake link."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from edge.telemetry import Spool, Telemetry, TelemetryConfig
+from edge.monitoring.telemetry import Spool, Telemetry, TelemetryConfig
 from models.messages import DeviceEvent
 from models.serving import TelemetryRecord
 
@@ -71,7 +71,7 @@ class FakeInfo:
 
 
 class FakeLink:
-    """What Telemetry needs of edge.mqtt.MqttLink: client.publish, connected, event_sink."""
+    """What Telemetry needs of edge.delivery.link.MqttLink: client.publish, connected, event_sink."""
 
     def __init__(self) -> None:
         self.connected = False

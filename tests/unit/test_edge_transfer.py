@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from edge.transfer import ChunkError, Transfer
+from edge.delivery.transfer import ChunkError, Transfer
 from models.bundle import BundleError
 from models.messages import ModelAnnouncement
 

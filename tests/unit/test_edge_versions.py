@@ -14,12 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge import crash
-from edge.agent import Agent, main
+from edge.store import crash
+from edge.agent import Agent
+from edgeship.cli import main
 from edge.config import AgentConfig
-from edge.store import ModelStore
-from edge.testing import build_bundle
-from edge.versions import RollbackError, VersionHistory, prune, recover, rollback, rollback_target
+from edge.store.model_store import ModelStore
+from tests.bundle_kit import build_bundle
+from edge.store.versions import RollbackError, VersionHistory, prune, recover, rollback, rollback_target
 from models.bundle import verify_unpacked
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,7 +142,7 @@ def test_interrupted_rollback_is_completed_at_start(tmp_path, keys, bundles, mon
         if name == "during_rollback":
             raise KeyboardInterrupt  # stands in for SIGKILL between the history write and the pointer write
 
-    monkeypatch.setattr("edge.versions.crash_point", killed)
+    monkeypatch.setattr("edge.store.versions.crash_point", killed)
     with pytest.raises(KeyboardInterrupt):
         rollback(store, history)
     assert store.active().version == 2  # pointer not moved yet
@@ -155,16 +156,16 @@ def test_rollback_cli_offline_then_restart_serves_the_previous_version(tmp_path,
         for v in (1, 2):
             assert agent.install_and_activate(bundles[v])
     state = tmp_path / "state"
-    assert main(["rollback", "--state-dir", str(state), "--trust", str(pem)]) == 0
+    assert main(["agent", "rollback", "--state-dir", str(state), "--trust", str(pem)]) == 0
     assert json.loads(capsys.readouterr().out) == {"rolled_back_from": 2, "active": 1, "state_dir": str(state)}
-    assert main(["rollback", "--state-dir", str(state), "--trust", str(pem)]) == 1  # nothing before v1
-    assert main(["rollback", "--state-dir", str(tmp_path / "nothing"), "--trust", str(pem)]) == 2
+    assert main(["agent", "rollback", "--state-dir", str(state), "--trust", str(pem)]) == 1  # nothing before v1
+    assert main(["agent", "rollback", "--state-dir", str(tmp_path / "nothing"), "--trust", str(pem)]) == 2
     with Agent(agent_cfg(tmp_path, pem)) as agent:
         h = httpx.get(f"{agent.http_url}/healthz").json()
         assert h["model"]["version"] == 1
         assert 'edgeship_model_rollbacks_total{reason="manual"} 1.0' in httpx.get(f"{agent.http_url}/metrics").text
         # The rolled-back v2 is not fetched again though its announcement may still be retained.
-        from cloud.publish import announcement_for
+        from cloud.fleet.publish import announcement_for
 
         assert agent.should_fetch(announcement_for(bundles[2], 4096)[0]) == "rolled_back"
         assert agent.should_fetch(announcement_for(bundles[3], 4096)[0]) is None
@@ -197,7 +198,7 @@ def test_agent_rollback_and_reload_while_serving(tmp_path, keys, bundles):
         assert 'edgeship_model_rollbacks_total{reason="manual"} 1.0' in text
         assert "edgeship_model_swaps_total 3.0" in text
         # offline CLI while it runs, then SIGHUP's reload
-        assert main(["rollback", "--state-dir", str(tmp_path / "state"), "--trust", str(pem)]) == 0
+        assert main(["agent", "rollback", "--state-dir", str(tmp_path / "state"), "--trust", str(pem)]) == 0
         assert agent.predictor.version == 2
         assert agent.reload() and agent.predictor.version == 1
         assert not agent.reload()
@@ -225,13 +226,13 @@ def test_sighup_reloads_after_an_offline_rollback(tmp_path, keys, bundles):
     store, history = ModelStore(state, [public]), VersionHistory(state)
     for v in (1, 2):
         activated(store, history, bundles[v])
-    cmd = [sys.executable, "-m", "edge.agent", "--device-id", "d1", "--state-dir", str(state), "--trust", str(pem),
+    cmd = [sys.executable, "-m", "edgeship", "agent", "--device-id", "d1", "--state-dir", str(state), "--trust", str(pem),
            "--http", "127.0.0.1:0", "--runtime", "fake"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = proc.stdout.readline().strip()
         assert httpx.get(f"{url}/healthz").json()["model"]["version"] == 2
-        assert main(["rollback", "--state-dir", str(state), "--trust", str(pem)]) == 0
+        assert main(["agent", "rollback", "--state-dir", str(state), "--trust", str(pem)]) == 0
         proc.send_signal(signal.SIGHUP)
         import time
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from cloud.gates import baseline_gate, parity_gate, score
+from cloud.training.gates import baseline_gate, parity_gate, score
 from models.recipes import Tolerance, load_recipe
 
 

@@ -1,6 +1,6 @@
 """Trainer and agent encode the same rows identically.
 
-The trainer builds its validation rows from the sales matrix (``cloud.prepare``), with lag windows
+The trainer builds its validation rows from the sales matrix (``cloud.training.prepare``), with lag windows
 ending the day before the validation split. An agent whose bundle state ends on that same day
 receives those rows as JSON requests, reads the tables and windows back from the signed bundle
 and encodes them with ``Predictor.encode``. The arrays must be equal bit for bit — any train/serve
@@ -12,11 +12,11 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from cloud import data as favorita
-from cloud.prepare import prepare
-from cloud.synth import generate
-from edge.predictor import Predictor
-from edge.testing import build_bundle
+from cloud.data import loader as favorita
+from cloud.training.prepare import prepare
+from cloud.data.synth import generate
+from edge.serving.predictor import Predictor
+from tests.bundle_kit import build_bundle
 from models.signing import generate_keypair
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from cloud.metrics import nwrmsle, nwrmsle_log, r2, weights
+from cloud.training.metrics import nwrmsle, nwrmsle_log, r2, weights
 
 
 def test_weights_are_kaggles():

@@ -1,4 +1,4 @@
-"""cloud.synth: the real files' format, determinism, and demand structure a model can learn."""
+"""cloud.data.synth: the real files' format, determinism, and demand structure a model can learn."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloud import synth
+from cloud.data import synth
 
 HEADERS = {
     "train.csv": "id,date,store_nbr,item_nbr,unit_sales,onpromotion",
@@ -234,11 +234,16 @@ def test_transactions_and_oil(default: synth.SynthSummary) -> None:
     assert prices.between(10, 200).all()
 
 
-def test_main_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert synth.main([str(tmp_path), "--stores", "1", "--items", "3", "--days", "20", "--json"]) == 0
+def test_cli_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeship.cli import main
+
+    assert main(["data", "synth", "--out", str(tmp_path), "--stores", "1", "--items", "3", "--days", "20", "--json"]) == 0
     out = capsys.readouterr().out
     assert '"train.csv"' in out
-    assert synth.main([str(tmp_path), "--days", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "synth", "--out", str(tmp_path), "--days", "0"])
+    assert exc.value.code == 2
+    assert "--days: must be a positive integer" in capsys.readouterr().err
 
 
 def test_larger_sizes_stay_fast(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""cloud.validate: every error names the file, the column, the CSV line and the rule."""
+"""cloud.data.validate: every error names the file, the column, the CSV line and the rule."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloud import data, synth
-from cloud.validate import SCHEMAS, DataValidationError, check_sorted_dates, validate_frame
+from cloud.data import loader as data, synth
+from cloud.data.validate import SCHEMAS, DataValidationError, check_sorted_dates, validate_frame
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,466 @@
+"""Putting bundles on the broker: ``edgeship publish`` (everyone now), the bundle server, signing targets.
+
+A bundle goes out as retained chunks ``<fleet>/bundles/<id>/chunk/<i>`` (paced: a bounded window of
+in-flight QoS 1 messages, since Mosquitto silently drops past ``max_queued_messages``), then a
+retained announcement carrying the **signed targets** document (:mod:`models.targets`: version,
+bundle sha256, size, every chunk's sha256, fleet, hardware, expiry) and the root-signed key list.
+Devices pull the chunks themselves, a window at a time (:mod:`edge.delivery.updater`), so a device that
+joins late or lost chunks fetches exactly what it lacks from the retained copies.
+
+:class:`Publisher` is the connected cloud client the CLI commands share. With :meth:`Publisher.serve`
+it also answers devices' :class:`models.messages.ChunkRequest` by re-publishing the requested chunks
+(the broker may have lost retained messages: a restart without persistence); ``edgeship
+serve-bundles`` and the rollout controller keep one running.
+
+>>> # publish("out/favorita-demand-v2.bundle.tar", "mqtt://127.0.0.1:1883", key="keys/signing.key")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import queue
+import tarfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from models import topics
+from models.broker import BrokerURL, new_client
+from models.envelope import Signed, sign_document
+from models.messages import ChunkRequest, DeviceCommand, ModelAnnouncement, utcnow
+from models.signing import load_private_key
+from models.targets import BundleRef, Targets, announcement_of
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_EXPIRES_S",
+    "PreparedBundle",
+    "Publisher",
+    "PublishError",
+    "announcement_for",
+    "load_keylist",
+    "publish",
+    "read_bundle",
+    "serve_bundles",
+    "sign_targets",
+]
+
+logger = logging.getLogger(__name__)
+DEFAULT_CHUNK_SIZE = 64 * 1024
+DEFAULT_EXPIRES_S = 7 * 24 * 3600
+
+
+class PublishError(RuntimeError):
+    """The broker could not be reached, did not take the bundle, or the bundle or key is unusable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedBundle:
+    """A bundle file's bytes and what the targets document says about them."""
+
+    path: Path
+    data: bytes
+    model: str
+    version: int
+    sha256: str
+    chunk_size: int
+    chunk_sha256: list[str]
+
+    @property
+    def bundle_id(self) -> str:
+        return self.sha256[:32]
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def chunk(self, i: int) -> bytes:
+        return self.data[i * self.chunk_size : (i + 1) * self.chunk_size]
+
+    def ref(self) -> BundleRef:
+        return BundleRef(
+            bundle_id=self.bundle_id,
+            size=self.size,
+            chunk_size=self.chunk_size,
+            chunk_sha256=self.chunk_sha256,
+            filename=self.path.name,
+        )
+
+
+def read_bundle(bundle: str | Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> PreparedBundle:
+    """Read a bundle and its manifest's name and version (nothing is verified here: devices verify)."""
+    bundle = Path(bundle)
+    data = bundle.read_bytes()
+    try:
+        with tarfile.open(bundle, "r:") as tar:
+            fh = tar.extractfile("manifest.json")
+            meta = json.loads(fh.read()) if fh else None
+    except (tarfile.TarError, KeyError, ValueError) as exc:
+        raise PublishError(f"{bundle}: not an edgeship bundle ({exc})") from exc
+    if not meta or "name" not in meta or "version" not in meta:
+        raise PublishError(f"{bundle}: manifest.json lacks name or version")
+    chunks = [hashlib.sha256(data[i : i + chunk_size]).hexdigest() for i in range(0, len(data), chunk_size)]
+    return PreparedBundle(bundle, data, meta["name"], int(meta["version"]), hashlib.sha256(data).hexdigest(), chunk_size, chunks)
+
+
+def _private(key: str | Path | Ed25519PrivateKey) -> Ed25519PrivateKey:
+    if isinstance(key, Ed25519PrivateKey):
+        return key
+    try:
+        return load_private_key(key)
+    except (OSError, ValueError) as exc:
+        raise PublishError(f"signing key {key}: {exc}") from exc
+
+
+def load_keylist(path: str | Path | None, key: str | Path | Ed25519PrivateKey | None = None) -> Signed | None:
+    """The root-signed key list at ``path``; with ``path=None``, ``keylist.json`` beside a key file, if any."""
+    if path is None:
+        if not isinstance(key, (str, Path)):
+            return None
+        path = Path(key).parent / "keylist.json"
+        if not path.exists():
+            return None
+    try:
+        return Signed.model_validate_json(Path(path).read_bytes())
+    except (OSError, ValidationError) as exc:
+        raise PublishError(f"key list {path}: {exc}") from exc
+
+
+def sign_targets(
+    key: str | Path | Ed25519PrivateKey,
+    *,
+    bundle: PreparedBundle | None = None,
+    model: str | None = None,
+    version: int | None = None,
+    sha256: str | None = None,
+    fleet: str = "default",
+    expires_in: float = DEFAULT_EXPIRES_S,
+    devices: Sequence[str] | None = None,
+    hardware: Sequence[str] | None = None,
+    attributes: dict[str, str] | None = None,
+    downgrade: bool = False,
+    rollout: str | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[Targets, Signed]:
+    """Sign the delivery metadata for ``bundle`` (or, for a rollback to a version devices still hold,
+    for ``model``/``version``/``sha256`` alone)."""
+    now = now or utcnow()
+    if bundle is not None:
+        model, version, sha256 = bundle.model, bundle.version, bundle.sha256
+    if model is None or version is None or sha256 is None:
+        raise PublishError("sign_targets needs a bundle, or model, version and sha256")
+    if expires_in <= 0:
+        raise PublishError("--expires-in must be positive")
+    t = Targets(
+        model=model,
+        version=version,
+        sha256=sha256,
+        bundle=bundle.ref() if bundle is not None else None,
+        fleet=topics.validate_id(fleet, "fleet"),
+        devices=list(devices) if devices is not None else None,
+        hardware=list(hardware) if hardware else None,
+        attributes=dict(attributes or {}),
+        downgrade=downgrade,
+        rollout=rollout,
+        issued_at=now,
+        expires_at=now + dt.timedelta(seconds=expires_in),
+    )
+    return t, sign_document(t.document(), _private(key))
+
+
+def announcement_for(
+    bundle: str | Path,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    key: str | Path | Ed25519PrivateKey | None = None,
+    keys: Signed | None = None,
+    fleet: str = "default",
+    expires_in: float = DEFAULT_EXPIRES_S,
+    **targets: object,
+) -> tuple[ModelAnnouncement, bytes]:
+    """The announcement for ``bundle`` and the bundle's bytes; signed when ``key`` is given (devices
+    refuse an unsigned one). ``targets`` go to :func:`sign_targets` (devices, hardware, downgrade…)."""
+    b = read_bundle(bundle, chunk_size)
+    if key is None:
+        ann = ModelAnnouncement(
+            model=b.model, version=b.version, bundle_id=b.bundle_id, sha256=b.sha256, size=b.size,
+            chunk_size=chunk_size, chunk_sha256=b.chunk_sha256, filename=b.path.name,
+        )  # fmt: skip
+        return ann, b.data
+    t, env = sign_targets(key, bundle=b, fleet=fleet, expires_in=expires_in, **targets)  # type: ignore[arg-type]
+    return announcement_of(t, env, keys), b.data
+
+
+class Publisher:
+    """A connected cloud-side client: retained chunks, announcements, assignments, chunk requests.
+
+    >>> # with Publisher("mqtt://127.0.0.1:1883").connect() as pub:
+    >>> #     pub.put_chunks(read_bundle("m-v2.bundle.tar")); pub.announce(ann)
+    """
+
+    def __init__(self, broker: str, *, fleet: str = "default", window: int = 16, timeout: float = 120.0) -> None:
+        self.url = BrokerURL.parse(broker)
+        self.fleet = topics.validate_id(fleet, "fleet")
+        self.window = window
+        self.timeout = timeout
+        self.client = new_client(f"edgeship-cloud-{uuid.uuid4().hex[:8]}", self.url)
+        self._connected = threading.Event()
+        self._refused: str | None = None
+        self._retained: dict[str, bytes] = {}
+        self._subacks: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._in_flight: deque[mqtt.MQTTMessageInfo] = deque()
+        self._served: dict[str, PreparedBundle] = {}
+        self._requests: queue.Queue[ChunkRequest | None] = queue.Queue(maxsize=1000)
+        self._server: threading.Thread | None = None
+        self._last_answer: dict[tuple[str, int], float] = {}
+        self.answered_chunks = 0
+        #: Most chunks re-published for one request (bounds what one device can make the server send).
+        self.max_answer = 1024
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *_: self._connected.clear()
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+
+    # -- connection -------------------------------------------------------------------------
+    def connect(self, timeout: float = 15.0) -> Publisher:
+        try:
+            self.client.connect(self.url.host, self.url.port, keepalive=30)
+        except OSError as exc:
+            raise PublishError(f"cannot reach broker {self.url}: {exc}") from exc
+        self.client.loop_start()
+        if not self._connected.wait(timeout):
+            self.client.loop_stop()
+            raise PublishError(f"broker {self.url} did not accept the connection within {timeout:.0f} s"
+                               + (f" ({self._refused})" if self._refused else ""))  # fmt: skip
+        return self
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._requests.put(None)
+            self._server.join(5)
+            self._server = None
+        try:
+            self.flush()
+        except PublishError as exc:
+            logger.warning("closing with unacknowledged messages: %s", exc)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> Publisher:
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _on_connect(self, c: mqtt.Client, _u: object, _f: object, reason: mqtt.ReasonCode, _p: object) -> None:
+        if reason.is_failure:
+            self._refused = str(reason)
+            logger.error("broker refused the connection: %s", reason)
+            return
+        if self._served:
+            c.subscribe(topics.device_wildcard(self.fleet, "fetch"), qos=1)
+        self._connected.set()
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: object, mid: int, _codes: object, _p: object) -> None:
+        with self._lock:
+            ev = self._subacks.get(mid)
+        if ev is not None:
+            ev.set()
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith("/fetch"):
+            try:
+                req = ChunkRequest.model_validate_json(msg.payload)
+            except ValidationError:
+                logger.warning("bad chunk request on %s", msg.topic)
+                return
+            if msg.topic != topics.fetch(self.fleet, req.device_id):
+                logger.warning("chunk request from %s on another device's topic %s", req.device_id, msg.topic)
+                return
+            try:
+                self._requests.put_nowait(req)
+            except queue.Full:
+                logger.warning("chunk request queue full; dropping a request from %s", req.device_id)
+            return
+        if msg.retain:
+            with self._lock:
+                self._retained[msg.topic] = msg.payload
+
+    def retained(self, topic: str, wait: float = 1.0) -> bytes | None:
+        """The retained message on ``topic`` (None if there is none)."""
+        ev = threading.Event()
+        with self._lock:
+            rc, mid = self.client.subscribe(topic, qos=1)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                raise PublishError(f"subscribe to {topic} failed: {mqtt.error_string(rc)}")
+            self._subacks[mid] = ev
+        ev.wait(wait)
+        time.sleep(0.05)  # a retained message follows the SUBACK at once
+        self.client.unsubscribe(topic)
+        with self._lock:
+            self._subacks.pop(mid, None)
+            return self._retained.pop(topic, None) or None
+
+    # -- sending ----------------------------------------------------------------------------
+    def send(self, topic: str, payload: bytes | str, *, retain: bool = True) -> None:
+        """Publish QoS 1, keeping at most ``window`` messages unacknowledged."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        self._in_flight.append(info)
+        deadline = time.monotonic() + self.timeout
+        while len(self._in_flight) >= self.window:
+            _wait(self._in_flight.popleft(), deadline)
+
+    def flush(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while self._in_flight:
+            _wait(self._in_flight.popleft(), deadline)
+
+    def put_chunks(self, b: PreparedBundle, indexes: Iterable[int] | None = None, *, progress: bool = False) -> None:
+        """Publish ``b``'s chunks retained (all, or ``indexes``), paced, and wait for the broker's acks."""
+        order = list(range(len(b.chunk_sha256))) if indexes is None else list(indexes)
+        for i in tqdm(order, desc="publish", unit="chunk", disable=not progress):
+            self.send(topics.bundle_chunk(self.fleet, b.bundle_id, i), b.chunk(i))
+        self.flush()
+
+    def clear_chunks(self, bundle_id: str, count: int) -> None:
+        for i in range(count):
+            self.send(topics.bundle_chunk(self.fleet, bundle_id, i), b"")
+        self.flush()
+
+    def announce(self, ann: ModelAnnouncement) -> None:
+        """The fleet's retained announcement for ``ann.model``."""
+        self.send(topics.model_announce(self.fleet, ann.model), ann.model_dump_json())
+        self.flush()
+
+    def assign(self, device: str, ann: ModelAnnouncement | None, *, rollout: str | None = None) -> None:
+        """A retained per-device command (``None`` clears it)."""
+        payload = b"" if ann is None else DeviceCommand(command="assign", announcement=ann, rollout=rollout).model_dump_json()
+        self.send(topics.command(self.fleet, device), payload)
+
+    def publish_keylist(self, keylist: Signed) -> None:
+        self.send(topics.keylist(self.fleet), keylist.model_dump_json())
+        self.flush()
+
+    # -- serving chunk requests -------------------------------------------------------------
+    def serve(self, b: PreparedBundle) -> None:
+        """Answer devices' chunk requests for ``b`` (re-publish the chunks retained) until :meth:`close`."""
+        first = not self._served
+        self._served[b.bundle_id] = b
+        if first:
+            self.client.subscribe(topics.device_wildcard(self.fleet, "fetch"), qos=1)
+            self._server = threading.Thread(target=self._serve_requests, name="edgeship-bundle-server", daemon=True)
+            self._server.start()
+
+    def _serve_requests(self) -> None:
+        while True:
+            req = self._requests.get()
+            if req is None:
+                return
+            b = self._served.get(req.bundle_id)
+            if b is None:
+                continue
+            n = len(b.chunk_sha256)
+            now = time.monotonic()
+            wanted = [i for start, end in req.ranges for i in range(max(0, start), min(end, n))][: self.max_answer]
+            # each chunk at most once a second: several devices waiting for it share the re-publish
+            fresh = [i for i in wanted if now - self._last_answer.get((b.bundle_id, i), 0.0) > 1.0]
+            try:
+                for i in fresh:
+                    self._last_answer[(b.bundle_id, i)] = now
+                    self.send(topics.bundle_chunk(self.fleet, b.bundle_id, i), b.chunk(i))
+                self.flush()
+            except PublishError as exc:
+                logger.warning("answering a chunk request failed: %s", exc)
+                continue
+            self.answered_chunks += len(fresh)
+            logger.info("re-published %d chunks of %s for %s", len(fresh), b.bundle_id, req.device_id)
+
+
+def _wait(info: mqtt.MQTTMessageInfo, deadline: float) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise PublishError("timed out waiting for the broker to acknowledge")
+    info.wait_for_publish(timeout=remaining)
+    if not info.is_published():
+        raise PublishError("timed out waiting for the broker to acknowledge")
+
+
+def publish(
+    bundle: str | Path,
+    broker: str,
+    *,
+    key: str | Path | Ed25519PrivateKey,
+    fleet: str = "default",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    window: int = 16,
+    timeout: float = 120.0,
+    progress: bool = True,
+    expires_in: float = DEFAULT_EXPIRES_S,
+    hardware: Sequence[str] | None = None,
+    attributes: dict[str, str] | None = None,
+    keylist: str | Path | Signed | None = None,
+    downgrade: bool = False,
+) -> ModelAnnouncement:
+    """Publish ``bundle`` to every device of ``fleet``: retained chunks, then the signed announcement
+    (with the key list: ``keylist``, or ``keylist.json`` beside ``key``); clears the previous version's
+    chunks. Returns the announcement sent."""
+    b = read_bundle(bundle, chunk_size)
+    keys = keylist if isinstance(keylist, Signed) else load_keylist(keylist, key)
+    t, env = sign_targets(
+        key, bundle=b, fleet=fleet, expires_in=expires_in, hardware=hardware, attributes=attributes, downgrade=downgrade
+    )
+    ann = announcement_of(t, env, keys)
+    announce_topic = topics.model_announce(fleet, b.model)
+    with Publisher(broker, fleet=fleet, window=window, timeout=timeout).connect() as pub:
+        raw = pub.retained(announce_topic, wait=1.0)
+        previous = None
+        if raw:
+            try:
+                previous = ModelAnnouncement.model_validate_json(raw)
+            except ValidationError:
+                logger.warning("ignoring a malformed retained announcement on %s", announce_topic)
+        pub.put_chunks(b, progress=progress)
+        if keys is not None:
+            pub.publish_keylist(keys)
+        pub.announce(ann)
+        if previous is not None and previous.bundle_id != ann.bundle_id:
+            pub.clear_chunks(previous.bundle_id, len(previous.chunk_sha256))  # the superseded version's chunks
+    logger.info("published %s v%d (%d bytes, %d chunks) to %s", b.model, b.version, b.size, len(b.chunk_sha256), broker)
+    return ann
+
+
+def serve_bundles(
+    bundles: Sequence[str | Path],
+    broker: str,
+    *,
+    fleet: str = "default",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    stop: threading.Event | None = None,
+    republish: bool = True,
+) -> None:
+    """``edgeship serve-bundles``: keep ``bundles``' chunks retained and answer chunk requests until ``stop``."""
+    stop = stop or threading.Event()
+    prepared = [read_bundle(p, chunk_size) for p in bundles]
+    with Publisher(broker, fleet=fleet).connect() as pub:
+        for b in prepared:
+            if republish:
+                pub.put_chunks(b)
+            pub.serve(b)
+            logger.info("serving %s v%d (%s, %d chunks)", b.model, b.version, b.bundle_id, len(b.chunk_sha256))
+        while not stop.wait(0.5):
+            pass

@@ -1,0 +1,74 @@
+"""Baselines the model must beat, evaluated on the same time-based split.
+
+* ``baseline-rf`` — the CD4ML workshop's pipeline: a random forest (``n_estimators=10``) over the raw
+  columns (date parts, store, item, promotion, item family, class, perishable), learning raw
+  ``unit_sales``.
+* ``baseline-ma-dow`` — the classic Favorita moving average: the mean of log1p sales over the last
+  ``ma_days`` days before the validation split, adjusted by that weekday's deviation over 8 weeks.
+  It forecasts the whole validation window from history before it, as a shop would.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from cloud.training.prepare import Prepared, Split
+from models.contract import LAG_WINDOW_DAYS
+
+__all__ = ["rf_features", "random_forest", "moving_average_dow"]
+
+logger = logging.getLogger(__name__)
+
+
+def rf_features(prep: Prepared, split: Split) -> np.ndarray:
+    """The workshop's raw columns for the rows of ``split``."""
+    m, t = prep.matrix, prep.tables
+    dates = m.dates[split.day]
+    years = dates.astype("M8[Y]").astype(np.int64) + 1970
+    months = dates.astype("M8[M]").astype(np.int64) % 12 + 1
+    days = (dates - dates.astype("M8[M]").astype("M8[D]")).astype(np.int64) + 1
+    dow = (dates.astype(np.int64) + 3) % 7
+    item_row = np.maximum(t.item_index(m.item_nbr[split.pair]), 0)
+    return np.column_stack(
+        [
+            m.store_nbr[split.pair],
+            m.item_nbr[split.pair],
+            m.promo[split.pair, split.day],
+            years,
+            months,
+            days,
+            dow,
+            t.family[item_row],
+            np.array(t.vocab["item_class"], dtype=np.int64)[np.maximum(t.item_class[item_row] - 1, 0)],
+            t.perishable[item_row],
+        ]
+    ).astype(np.float32)
+
+
+def random_forest(prep: Prepared, *, n_estimators: int, seed: int, max_rows: int = 2_000_000) -> np.ndarray:
+    """Fit the workshop's random forest on the training split; predict units on the validation split."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    x_train, y_train = rf_features(prep, prep.train), prep.train.sales
+    if len(y_train) > max_rows:  # keep memory bounded on real data
+        pick = np.random.default_rng(seed).choice(len(y_train), max_rows, replace=False)
+        x_train, y_train = x_train[pick], y_train[pick]
+    model = RandomForestRegressor(n_estimators=n_estimators, n_jobs=-1, random_state=seed)
+    model.fit(x_train, y_train)
+    return np.maximum(model.predict(rf_features(prep, prep.valid)), 0.0)
+
+
+def moving_average_dow(prep: Prepared, *, ma_days: int) -> np.ndarray:
+    """Forecast the validation split in log1p space from the days before it."""
+    m, valid = prep.matrix, prep.valid
+    cut = int(valid.day.min())  # first validation day; history is [.., cut)
+    hist = m.log_sales[:, cut - LAG_WINDOW_DAYS : cut].astype(np.float64)
+    ma = hist[:, -ma_days:].mean(axis=1)
+    overall = hist.mean(axis=1)
+    hist_dow = (m.dates[cut - LAG_WINDOW_DAYS : cut].astype(np.int64) + 3) % 7
+    dow_mean = np.stack([hist[:, hist_dow == d].mean(axis=1) for d in range(7)], axis=1)
+    target_dow = (m.dates[valid.day].astype(np.int64) + 3) % 7
+    pred = ma[valid.pair] + dow_mean[valid.pair, target_dow] - overall[valid.pair]
+    return np.maximum(pred, 0.0).astype(np.float32)

@@ -1,0 +1,258 @@
+"""``edgeship train``: data → model → baselines gate → export → parity gate → signed bundle → report.
+
+Everything the run measured lands in ``<out>/report.json``: ``metrics`` maps ``keras``, every
+variant and both baselines to at least ``nwrmsle`` and ``r2``; ``gates`` holds each verdict and why;
+``bundle`` names the bundle's path (null when a gate stopped the run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import json
+import logging
+import os
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cloud.training import baselines
+from cloud.training.bundle import bundle_filename, write_bundle
+from cloud.training.gates import GateError, baseline_gate, parity_gate, run_variant, score
+from cloud.training.metrics import weights
+from cloud.training.prepare import prepare
+from models.contract import LAG_WINDOW_DAYS
+from models.features import Encoded
+from models.fsutil import atomic_write_bytes
+from models.manifest import ContractInfo, canonical_json
+from models.recipes import VARIANTS, Recipe, load_recipe
+from models.reference import reference_stats
+from models.signing import load_private_key
+
+__all__ = ["TrainResult", "train", "next_version", "code_revision"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    report_path: Path
+    report: dict[str, Any]
+    bundle: Path | None
+
+
+def code_revision() -> str:
+    """git revision of this checkout (``+dirty`` when it has uncommitted changes), or ``unknown``."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
+
+
+def next_version(out_dir: Path, name: str) -> int:
+    """One more than the highest version of ``name`` among the bundles already in ``out_dir``."""
+    highest = 0
+    for path in out_dir.glob("*.bundle.tar"):
+        try:
+            with tarfile.open(path, "r:") as tar:
+                fh = tar.extractfile("manifest.json")
+                meta = json.loads(fh.read()) if fh else {}
+        except (OSError, KeyError, tarfile.TarError, ValueError):
+            logger.warning("ignoring unreadable bundle %s when numbering versions", path)
+            continue
+        if meta.get("name") == name:
+            highest = max(highest, int(meta.get("version", 0)))
+    return highest + 1
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode(), mode=0o644)
+
+
+def train(
+    data_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    key_path: str | os.PathLike[str],
+    *,
+    recipe: Recipe | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    stores: list[int] | None = None,
+    version: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Run the whole training pipeline. Raises :class:`GateError` (after writing the report) if a gate fails."""
+    from cloud.data import loader as favorita
+
+    recipe = recipe or load_recipe()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    private_key = load_private_key(key_path)  # fail before hours of work, not after
+    version = version or next_version(out, recipe.name)
+    timings: dict[str, float] = {}
+    report: dict[str, Any] = {"model": recipe.name, "version": version, "bundle": None, "gates": {}, "metrics": {}}
+    t_all = time.perf_counter()
+
+    t = time.perf_counter()
+    loaded = favorita.load(data_dir, start=start, end=end, stores=stores, progress=progress)
+    rows, cleaning = favorita.clean(loaded.train)
+    last = rows["date"].max()
+    # Only the days the splits need: lag window + forecast offsets + training + validation days.
+    needed = LAG_WINDOW_DAYS + 2 * recipe.validation_days + recipe.train_days
+    first = max(rows["date"].min(), last - pd.Timedelta(days=needed - 1))
+    rows = rows[rows["date"] >= first]
+    grid = favorita.daily_grid(rows, first, last)
+    prep = prepare(
+        grid,
+        loaded.stores,
+        loaded.items,
+        loaded.holidays,
+        validation_days=recipe.validation_days,
+        train_days=recipe.train_days,
+    )
+    timings["data_seconds"] = time.perf_counter() - t
+    report["dataset"] = {"version": loaded.version, "cleaning": cleaning.as_dict(), **prep.summary()}
+    logger.info("data %s: %s", loaded.version[:12], prep.summary())
+
+    valid = prep.valid
+    metrics: dict[str, dict[str, float]] = report["metrics"]
+    t = time.perf_counter()
+    rf = baselines.random_forest(prep, n_estimators=recipe.baselines.rf_n_estimators, seed=recipe.seed)
+    metrics["baseline-rf"] = score(valid.y, np.log1p(rf), valid.perishable)
+    ma = baselines.moving_average_dow(prep, ma_days=recipe.baselines.ma_days)
+    metrics["baseline-ma-dow"] = score(valid.y, ma, valid.perishable)
+    timings["baselines_seconds"] = time.perf_counter() - t
+
+    from cloud.training.train import fit, predict_log
+
+    t = time.perf_counter()
+    model = fit(recipe, prep.tables.cardinalities(), prep.train.x, prep.train.y, prep.train.perishable, progress=progress)
+    timings["train_seconds"] = time.perf_counter() - t
+    keras_pred = predict_log(model, valid.x)
+    keras_path = out / f"{recipe.name}-v{version}.keras"
+    model.save(keras_path)  # kept beside the bundle for lineage, debugging and benchmarks; never shipped
+    report["keras_model"] = str(keras_path)
+    metrics["keras"] = score(valid.y, keras_pred, valid.perishable)
+
+    verdict = baseline_gate(metrics)
+    report["gates"]["baselines"] = verdict.as_dict()
+    if not verdict.passed:
+        report["timings"] = timings
+        _write_json_atomic(out / "report.json", report)
+        raise GateError(f"baseline gate failed: {verdict.message}")
+
+    from cloud.training.export import VARIANT_FILES, export_all
+
+    t = time.perf_counter()
+    rng = np.random.default_rng(recipe.seed)
+    calib_idx = rng.choice(len(prep.train), min(recipe.calibration_rows, len(prep.train)), replace=False)
+    calibration = Encoded(prep.train.x.cat[np.sort(calib_idx)], prep.train.x.num[np.sort(calib_idx)])
+    exported = export_all(model, calibration, progress=progress)
+    timings["export_seconds"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    holdout_idx = np.sort(rng.choice(len(valid), min(recipe.holdout_rows, len(valid)), replace=False))
+    shipped: dict[str, bytes] = {}
+    variant_meta: dict[str, dict[str, Any]] = {}
+    variant_gates: dict[str, Any] = {}
+    holdout_preds: dict[str, np.ndarray] = {"keras": keras_pred[holdout_idx]}
+    for name in VARIANTS:
+        pred = run_variant(name, exported[name], valid.x)
+        metrics[name] = score(valid.y, pred, valid.perishable)
+        v = parity_gate(name, keras_pred, pred, valid.y, valid.perishable, recipe.tolerances[name])
+        variant_gates[name] = {**v.as_dict(), "shipped": v.passed, "size_bytes": len(exported[name])}
+        logger.info(v.message)
+        if v.passed:
+            shipped[name] = exported[name]
+            holdout_preds[name] = pred[holdout_idx]
+            hold = score(valid.y[holdout_idx], pred[holdout_idx], valid.perishable[holdout_idx])
+            variant_meta[name] = {
+                **metrics[name],
+                "p99_abs_diff": v.figures["p99_abs_diff"],
+                "max_abs_diff": v.figures["max_abs_diff"],
+                "holdout_nwrmsle": hold["nwrmsle"],
+            }
+    report["gates"]["parity"] = variant_gates
+    timings["parity_seconds"] = time.perf_counter() - t
+    if not shipped:
+        report["timings"] = timings
+        _write_json_atomic(out / "report.json", report)
+        raise GateError("parity gate failed: no exported variant agrees with the Keras model")
+
+    order = [n for n in recipe.variant_preference if n in shipped] + [n for n in shipped if n not in recipe.variant_preference]
+    members: dict[str, bytes] = {VARIANT_FILES[n]: shipped[n] for n in order}
+    members["tables.json"] = canonical_json(prep.tables.to_json())
+    state = prep.matrix.state()
+    members["state.npz"] = state.to_bytes()
+    members["holdout.npz"] = _npz(
+        cat=valid.x.cat[holdout_idx],
+        num=valid.x.num[holdout_idx],
+        y=valid.y[holdout_idx],
+        weight=weights(valid.perishable[holdout_idx]).astype(np.float32),
+        **{f"pred_{k.replace('-', '_')}": v.astype(np.float32) for k, v in holdout_preds.items()},
+    )
+    members["reference_stats.json"] = canonical_json(reference_stats(prep.train.x))
+    manifest_fields = {
+        "name": recipe.name,
+        "version": version,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "lineage": {
+            "dataset_version": loaded.version,
+            "dataset_source": json.loads(json.dumps(loaded.source, default=str)),
+            "train_window": prep.train_window,
+            "validation_window": prep.valid_window,
+            "rows": {"train": len(prep.train), "validation": len(valid), "holdout": int(len(holdout_idx))},
+            "code_revision": code_revision(),
+        },
+        "parameters": recipe.model_dump(mode="json"),
+        "metrics": metrics,
+        "variants": [
+            {
+                "name": n,
+                "runtime": "litert" if n.startswith("tflite") else "onnxruntime",
+                "file": VARIANT_FILES[n],
+                "precision": n.split("-", 1)[1],
+                "size_bytes": len(shipped[n]),
+                "metrics": variant_meta[n],
+            }
+            for n in order
+        ],
+        "contract": ContractInfo.current(
+            state_end_date=str(state.end_date),
+            max_batch=recipe.serving.max_batch,
+            horizon_days=recipe.serving.horizon_days,
+        ).model_dump(),
+    }
+    bundle_path, manifest = write_bundle(out / bundle_filename(recipe.name, version), manifest_fields, members, private_key)
+    timings["total_seconds"] = time.perf_counter() - t_all
+    report.update(
+        {
+            "bundle": str(bundle_path),
+            "bundle_size_bytes": bundle_path.stat().st_size,
+            "shipped_variants": order,
+            "lineage": manifest.lineage.model_dump(mode="json"),
+            "timings": timings,
+        }
+    )
+    _write_json_atomic(out / "report.json", report)
+    logger.info("wrote %s (%d bytes), variants %s", bundle_path, bundle_path.stat().st_size, order)
+    return TrainResult(out / "report.json", report, bundle_path)

@@ -1,0 +1,182 @@
+"""The agent's MQTT side: availability, retained state, events, and receiving bundles.
+
+One paho client (MQTT 3.1.1, ``CallbackAPIVersion.VERSION2``, from :func:`models.broker.new_client`),
+last will ``offline`` set before connecting, ``connect_async`` + ``loop_start`` (one loop style),
+automatic reconnects with exponential back-off, subscriptions made in ``on_connect`` (so they come
+back after a reconnect). Topics come from :mod:`models.topics`, payloads from :mod:`models.messages`.
+
+Receiving a model is :class:`edge.delivery.updater.Delivery`'s job (signed targets, key lists, a resumable
+pull of retained chunks with a bounded window, stall handling); this link creates it, forwards each
+connect to it, and starts and stops it. Installs run on delivery's worker thread.
+
+Usage (the agent does this)::
+
+    link = MqttLink(config, downloads_dir=store.downloads_dir, metrics=metrics, should_fetch=...,
+                    on_complete=..., on_failed=..., state=...)
+    link.start()                 # returns at once; connects and reconnects in the background
+    link.publish_event("active", version=3)
+    link.stop()                  # "offline" published explicitly, then a clean disconnect
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edge.config import AgentConfig
+from edge.delivery.updater import Delivery
+from edge.monitoring.metrics import AgentMetrics
+from edge.delivery.transfer import Transfer
+from edge.delivery.trust import TrustStore
+from models import topics
+from models.broker import new_client
+from models.messages import DeviceEvent, DeviceState, ModelAnnouncement
+
+__all__ = ["MqttLink"]
+
+logger = logging.getLogger(__name__)
+
+ONLINE, OFFLINE = "online", "offline"
+
+
+class MqttLink:
+    """The agent's MQTT client, its bundle transfers and its single update worker."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        downloads_dir: str | Path,
+        metrics: AgentMetrics,
+        should_fetch: Callable[[ModelAnnouncement], str | None],
+        on_complete: Callable[[Transfer], None],
+        on_failed: Callable[[ModelAnnouncement, str, str], None],
+        state: Callable[[], DeviceState],
+        trust: TrustStore | None = None,
+        report: Callable[..., None] | None = None,
+        activate_installed: Callable[[int, str], bool] | None = None,
+    ) -> None:
+        url = config.broker_url
+        if url is None:
+            raise ValueError("MqttLink needs config.broker")
+        self.config = config
+        self.url = url
+        self.downloads_dir = Path(downloads_dir)
+        self.metrics = metrics
+        self._should_fetch = should_fetch
+        self._on_complete = on_complete
+        self._on_failed = on_failed
+        self._state = state
+        self._availability = topics.availability(config.fleet, config.device_id)
+        self._lock = threading.RLock()
+        self._stopping = False
+        self._connected = threading.Event()
+        #: Called with the client after every (re)connect (edge.serving.mqtt subscribes its requests here).
+        self.on_connected: list[Callable[[mqtt.Client], None]] = []
+        #: When set, events go through it (edge.monitoring.telemetry: sequenced, spooled on disk, none lost offline).
+        self.event_sink: Callable[[str, dict[str, Any]], None] | None = None
+
+        c = new_client(f"edgeship-{config.fleet}-{config.device_id}", url, clean_session=True)
+        c.will_set(self._availability, OFFLINE, qos=1, retain=True)
+        c.reconnect_delay_set(
+            min_delay=max(1, round(config.reconnect_min_s)), max_delay=max(1, round(config.reconnect_max_s))
+        )
+        c.max_queued_messages_set(100)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_other_message
+        self.client = c
+        if trust is None:
+            trust = TrustStore(config.state_dir, pinned=config.trust, roots=config.trust_root)
+        self.delivery = Delivery(
+            config,
+            c,
+            trust=trust,
+            downloads_dir=self.downloads_dir,
+            metrics=metrics,
+            connected=self._connected.is_set,
+            active=lambda: self._state().model,
+            should_fetch=should_fetch,
+            on_complete=on_complete,
+            report=report or (lambda outcome, version, reason=None, **detail: self.publish_event(
+                outcome, version=version, reason=reason, **detail)),
+            event=self.publish_event,
+            publish_state=self.publish_state,
+            activate_installed=activate_installed,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the delivery worker and connect in the background (retrying until the broker answers)."""
+        self.delivery.start()
+        self.client.connect_async(self.url.host, self.url.port, keepalive=self.config.keepalive_s)
+        self.client.loop_start()
+        logger.info("connecting to MQTT broker", extra={"broker": str(self.url)})
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self._connected.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish ``offline`` (retained), disconnect, stop the loop and the worker."""
+        self._stopping = True
+        if self.connected:
+            try:
+                info = self.client.publish(self._availability, OFFLINE, qos=1, retain=True)
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as exc:
+                logger.warning("could not publish offline: %s", exc)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.delivery.stop(timeout)  # a transfer's part file is kept for a resume
+
+    # -- publishing -------------------------------------------------------------------------
+    def publish_state(self) -> None:
+        """Publish the retained DeviceState (if connected; it is published again on connect)."""
+        if self.connected:
+            topic = topics.state(self.config.fleet, self.config.device_id)
+            self.client.publish(topic, self._state().model_dump_json(), qos=1, retain=True)
+
+    def publish_event(self, kind: str, **detail: Any) -> None:
+        """Publish one DeviceEvent on the events topic (dropped while disconnected, unless
+        :attr:`event_sink` spools it)."""
+        if self.event_sink is not None:
+            self.event_sink(kind, detail)
+            return
+        if self.connected:
+            event = DeviceEvent(device_id=self.config.device_id, kind=kind, detail=detail)
+            self.client.publish(topics.events(self.config.fleet, self.config.device_id), event.model_dump_json(), qos=1)
+
+    # -- paho callbacks (network thread: keep them short) -----------------------------------
+    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            logger.warning("MQTT connection refused: %s", reason)
+            return
+        logger.info("connected to MQTT broker", extra={"broker": str(self.url)})
+        self.delivery.on_connect(client)
+        client.publish(self._availability, ONLINE, qos=1, retain=True)
+        self._connected.set()
+        self.publish_state()
+        for hook in list(self.on_connected):
+            try:
+                hook(client)
+            except Exception:  # a hook's fault must not break the connection
+                logger.exception("on_connected hook failed")
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self._connected.clear()
+        if not self._stopping:
+            logger.warning("disconnected from MQTT broker (%s); reconnecting", reason)
+
+    def _on_other_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        logger.debug("ignoring message on %s", msg.topic)
+
+

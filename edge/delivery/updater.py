@@ -1,0 +1,594 @@
+"""The device side of delivery: signed targets, trust updates, and a resumable, flow-controlled pull.
+
+What arrives (topics from :mod:`models.topics`)::
+
+    <fleet>/models/<model>/announce   retained ModelAnnouncement + signed targets + key list (everyone)
+    <fleet>/<device>/set              retained DeviceCommand "assign" (a rollout wave or a rollback)
+    <fleet>/trust/keylist             retained root-signed key list
+    <fleet>/bundles/<id>/chunk/<i>    retained chunk bytes, pulled one window at a time
+
+Nothing is acted on before the targets document verifies with a trusted, unrevoked signing key
+(:mod:`models.targets`): an unsigned, badly signed or expired document, one for another fleet,
+device or hardware, an older version without a signed rollback command, or one issued before the
+newest this device acted on (a replay) is refused and reported (``refused`` event with a reason).
+
+**The pull.** The device, not the sender, paces a transfer: it subscribes to at most
+``transfer_window`` chunk topics at a time (the broker answers each with the retained chunk),
+unsubscribes each chunk as it lands, then asks for the next missing one, optionally under a
+``transfer_max_bps`` budget. So a Pi is never flooded, no broker queue overflows
+(``max_queued_messages``), a device that joins late or was offline gets exactly what it lacks, and
+with nothing lost each chunk crosses the wire once (bytes per device ≈ the bundle's size). Progress
+is on disk (:class:`edge.delivery.transfer.Transfer`: part file + bitmap, re-verified on reopening), so after
+a reconnect, a broker restart or ``kill -9`` only the missing chunks are fetched.
+
+**Slow retrieval.** With no new chunk for ``chunk_timeout_s`` the device re-subscribes its window
+and publishes a :class:`models.messages.ChunkRequest` on ``<device>/fetch`` (a bundle server —
+``edgeship serve-bundles`` or the rollout controller — re-publishes those chunks if the broker lost
+them); after ``transfer_retries`` tries the transfer is abandoned (part file kept, ``failed`` /
+``stalled``) and resumed after a back-off. **Endless data**: a chunk longer than declared, or more
+than twice the declared size offered in one session, aborts the transfer (``endless_data``).
+
+The paho network thread only parses, hashes one chunk and writes it; installs and timers run on
+this module's own worker thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import logging
+import platform
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from pydantic import ValidationError
+
+from edge.config import AgentConfig
+from models.fsutil import atomic_write_bytes
+from edge.monitoring.metrics import AgentMetrics
+from edge.delivery.transfer import ChunkError, Transfer
+from edge.delivery.trust import TrustStore
+from models import topics
+from models.envelope import Signed
+from models.keys import KeyListError
+from models.messages import ActiveModel, ChunkRequest, DeviceCommand, ModelAnnouncement
+from models.targets import Targets, TargetsError, announcement_of, applicability, verify_targets
+
+__all__ = ["Delivery", "UNREMEMBERED", "ranges"]
+
+logger = logging.getLogger(__name__)
+
+#: Refusal reasons about the metadata, not the bundle's bytes: never remembered against the bundle's
+#: sha256 (the same bundle may come back properly signed, current, or meant for this device).
+UNREMEMBERED = frozenset(
+    {"unsigned", "bad_signature", "malformed", "expired", "wrong_fleet", "wrong_device", "wrong_hardware",
+     "rollback", "version_conflict", "rollback_unavailable", "endless_data", "stalled", "disk"}
+)  # fmt: skip
+_TICK_S = 0.1
+
+
+def ranges(indexes: list[int]) -> list[tuple[int, int]]:
+    """Sorted indexes as half-open ranges: ``[1, 2, 3, 7]`` → ``[(1, 4), (7, 8)]``."""
+    out: list[tuple[int, int]] = []
+    for i in sorted(indexes):
+        if out and out[-1][1] == i:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out
+
+
+class Delivery:
+    """One device's delivery client. Created by :class:`edge.delivery.link.MqttLink`, which forwards connects."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        client: mqtt.Client,
+        *,
+        trust: TrustStore,
+        downloads_dir: str | Path,
+        metrics: AgentMetrics,
+        connected: Callable[[], bool],
+        active: Callable[[], ActiveModel | None],
+        should_fetch: Callable[[ModelAnnouncement], str | None],
+        on_complete: Callable[[Transfer], None],
+        report: Callable[..., None],
+        event: Callable[..., None],
+        publish_state: Callable[[], None],
+        activate_installed: Callable[[int, str], bool] | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.trust = trust
+        self.downloads_dir = Path(downloads_dir)
+        self.metrics = metrics
+        self._connected = connected
+        self._active = active
+        self._should_fetch = should_fetch
+        self._on_complete = on_complete
+        self._report = report
+        self._event = event
+        self._publish_state = publish_state
+        self._activate_installed = activate_installed
+        fleet, device = config.fleet, config.device_id
+        self.announce_filter = topics.model_announce(fleet, config.model)
+        self.command_topic = topics.command(fleet, device)
+        self.keylist_topic = topics.keylist(fleet)
+        self.chunk_filter = topics.bundle_chunks(fleet, None)  # the callback; subscriptions are per chunk
+        self.fetch_topic = topics.fetch(fleet, device)
+        self._lock = threading.RLock()
+        self._transfer: Transfer | None = None
+        self._pending: tuple[Targets, ModelAnnouncement] | None = None
+        self._missing: collections.deque[int] = collections.deque()
+        self._outstanding: dict[int, float] = {}
+        self._arrived: list[str] = []
+        self._last_progress = time.monotonic()
+        self._retries = 0
+        self._rearm_at: float | None = None
+        self._tokens = 0.0
+        self._tokens_at = time.monotonic()
+        self._handed_off: set[str] = set()
+        self._reported: set[tuple[str, str, str]] = set()
+        self._seen: dict[tuple[str, str], ModelAnnouncement] = {}
+        self._jobs: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._state_path = Path(config.state_dir) / "delivery.json"
+        self._issued: dict[str, dt.datetime] = self._load_issued()
+        #: Counters for tests and benchmarks: chunk payload bytes and metadata bytes received, etc.
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.downloaded_at: float | None = None  # time.monotonic() of the last complete transfer
+        client.message_callback_add(self.announce_filter, self._on_announcement)
+        client.message_callback_add(self.keylist_topic, self._on_keylist)
+        client.message_callback_add(self.chunk_filter, self._on_chunk)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._worker = threading.Thread(target=self._work, name="edgeship-delivery", daemon=True)
+        self._worker.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._jobs.put(None)
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout)
+        with self._lock:
+            if self._transfer is not None:
+                self._transfer.close()  # the part file stays for a resume
+                self._transfer = None
+
+    def on_connect(self, client: mqtt.Client) -> None:
+        """(Re)subscribe after every connect: the broker re-sends what is retained."""
+        subs = [(self.announce_filter, 1), (self.command_topic, 1), (self.keylist_topic, 1)]
+        with self._lock:
+            self._last_progress = time.monotonic()
+            t = self._transfer
+            if t is not None:
+                subs += [(topics.bundle_chunk(self.config.fleet, t.bundle_id, i), 1) for i in self._outstanding]
+        client.subscribe(subs)
+
+    # -- what the device reports ------------------------------------------------------------
+    def info(self) -> dict[str, Any] | None:
+        """Transfer progress or the last target, for the retained DeviceState."""
+        with self._lock:
+            t = self._transfer
+            if t is not None:
+                tg = t.targets
+                return {
+                    "state": "downloading",
+                    "version": t.announcement.version,
+                    "bundle_id": t.bundle_id,
+                    "have": t.received,
+                    "total": t.chunks,
+                    "rollout": getattr(tg, "rollout", None),
+                }
+            if self._pending is not None:
+                tg, ann = self._pending
+                return {"state": "waiting", "version": tg.version, "bundle_id": ann.bundle_id, "rollout": tg.rollout}
+        return None
+
+    # -- paho callbacks (network thread) ----------------------------------------------------
+    def _on_announcement(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if not msg.payload:  # a retained announcement being cleared
+            return
+        self.stats["meta_bytes"] += len(msg.payload)
+        try:
+            ann = ModelAnnouncement.model_validate_json(msg.payload)
+            if msg.topic != topics.model_announce(self.config.fleet, ann.model):
+                raise ValueError(f"announcement for model {ann.model!r} on topic {msg.topic}")
+        except (ValidationError, ValueError) as exc:
+            self.metrics.bad_messages.inc()
+            logger.warning("bad announcement on %s: %s", msg.topic, str(exc).splitlines()[0])
+            return
+        self._consider(ann, "fleet")
+
+    def on_assign(self, body: dict[str, Any] | bytes) -> None:
+        """An ``assign`` command from ``<device>/set`` (dispatched by ``edge.serving.mqtt``'s command registry)."""
+        try:
+            if isinstance(body, (bytes, str)):
+                self.stats["meta_bytes"] += len(body)
+                cmd = DeviceCommand.model_validate_json(body)
+            else:
+                cmd = DeviceCommand.model_validate(body)
+        except ValidationError as exc:
+            self.metrics.bad_messages.inc()
+            logger.warning("bad assign command: %s", str(exc).splitlines()[0])
+            return
+        if cmd.command == "assign" and cmd.announcement is not None:
+            self._consider(cmd.announcement, "assignment")
+
+    def _on_keylist(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if not msg.payload:
+            return
+        self.stats["meta_bytes"] += len(msg.payload)
+        try:
+            env = Signed.model_validate_json(msg.payload)
+        except ValidationError:
+            self.metrics.bad_messages.inc()
+            logger.warning("bad key list on %s", msg.topic)
+            return
+        self._take_keylist(env)
+
+    def _on_chunk(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        payload = msg.payload
+        if not payload:  # a retained chunk being cleared
+            return
+        try:
+            _fleet, bundle_id, index = topics.parse_chunk_topic(msg.topic)
+        except ValueError:
+            self.metrics.bad_messages.inc()
+            return
+        done: Transfer | None = None
+        with self._lock:
+            t = self._transfer
+            if t is None or t.bundle_id != bundle_id:
+                return
+            self.stats["chunk_bytes"] += len(payload)
+            try:
+                stored = t.add_chunk(index, payload)
+            except ChunkError as exc:
+                self.metrics.bad_chunks.inc()
+                if exc.reason == "too_large":
+                    self._abort("endless_data", str(exc))
+                else:
+                    logger.warning("rejected chunk: %s", exc, extra={"bundle_id": bundle_id, "reason": exc.reason})
+                return
+            budget = 2 * t.announcement.size + 4 * self.config.transfer_window * t.announcement.chunk_size
+            if t.bytes_offered > budget:
+                self._abort("endless_data", f"{t.bytes_offered} bytes offered for a {t.announcement.size}-byte bundle")
+                return
+            if self._outstanding.pop(index, None) is not None:
+                self._arrived.append(topics.bundle_chunk(self.config.fleet, bundle_id, index))  # unsubscribed in a batch
+            if stored:
+                self.stats["chunks"] += 1
+                self.metrics.bundle_bytes_received.inc(len(payload))
+                self._last_progress = time.monotonic()
+                self._retries = 0
+            if t.complete:
+                done = self._end_transfer()
+            else:
+                self._pump()
+        if done is not None:
+            self._hand_off(done)
+
+    # -- trust ------------------------------------------------------------------------------
+    def _take_keylist(self, env: Signed) -> None:
+        if not self.trust.roots:
+            return  # a device with pinned keys only ignores key lists
+        try:
+            changed = self.trust.update(env)
+        except KeyListError as exc:
+            key = ("keylist", exc.reason, json.dumps(env.signed.get("version")))
+            if key not in self._reported:
+                self._reported.add(key)
+                logger.warning("key list refused: %s", exc, extra={"reason": exc.reason})
+                self._event("keylist_refused", reason=exc.reason, message=str(exc))
+            return
+        if changed:
+            self._event("keylist", version=self.trust.keylist_version, keys=self.trust.info()["keys"])
+            self._publish_state()
+            for (source, _model), ann in list(self._seen.items()):  # what failed for want of a key may verify now
+                self._consider(ann, source, from_keylist=True)
+
+    # -- deciding ---------------------------------------------------------------------------
+    def _hardware(self) -> set[str]:
+        return {platform.machine(), self.config.attributes.get("hardware", "")} - {""}
+
+    def _refuse(self, version: int, sha256: str, reason: str, message: str, stamp: str) -> None:
+        """Report a refusal once per (bundle, reason, document)."""
+        key = (sha256, reason, stamp)
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        self._report("refused", version, reason, message=message, sha256=sha256)
+
+    def _consider(self, ann: ModelAnnouncement, source: str, *, from_keylist: bool = False) -> None:
+        if ann.keys is not None and not from_keylist:
+            self._take_keylist(ann.keys)
+        self._seen[(source, ann.model)] = ann
+        stamp = ann.published_at.isoformat()
+        try:
+            t = verify_targets(ann.targets, self.trust.keys)
+        except TargetsError as exc:
+            self._refuse(ann.version, ann.sha256, exc.reason, str(exc), stamp)
+            return
+        stamp = t.issued_at.isoformat()
+        c = self.config
+        problem = applicability(
+            t, fleet=c.fleet, device_id=c.device_id, hardware=self._hardware(), attributes=c.attributes
+        )
+        if problem is not None:
+            reason, message = problem
+            if reason == "not_selected":
+                logger.info("not selected: %s", message)
+            else:
+                self._refuse(t.version, t.sha256, reason, message, stamp)
+            return
+        if c.model is not None and t.model != c.model:
+            return
+        with self._lock:
+            newest = self._issued.get(t.model)
+            if newest is not None and t.issued_at < newest:
+                logger.info(
+                    "ignoring %s v%d issued %s: a newer target (issued %s) was acted on",
+                    t.model, t.version, t.issued_at.isoformat(), newest.isoformat(),
+                )  # fmt: skip
+                return
+            ann_eff = announcement_of(t, ann.targets, ann.keys) if t.bundle is not None else None  # type: ignore[arg-type]
+            active = self._active()
+            if active is not None and active.name == t.model:
+                if active.digest == t.sha256:
+                    self._set_issued(t)
+                    self._cancel_other(t.sha256)
+                    return
+                if not t.downgrade and t.version < active.version:
+                    message = f"v{t.version} is older than the active v{active.version} and no signed rollback names it"
+                    self._refuse(t.version, t.sha256, "rollback", message, stamp)
+                    return
+                if not t.downgrade and t.version == active.version:
+                    message = f"v{t.version} is active with another digest; a version is never reused"
+                    self._refuse(t.version, t.sha256, "version_conflict", message, stamp)
+                    return
+            if not t.downgrade and ann_eff is not None:
+                skip = self._should_fetch(ann_eff)
+                if skip is not None:
+                    # e.g. refused before, or rolled back from (edge.store.versions: never installed again)
+                    logger.info("not fetching %s v%d: %s", t.model, t.version, skip)
+                    if source == "assignment":  # tell the rollout controller instead of letting it time out
+                        self._refuse(t.version, t.sha256, skip.split(" ")[0], f"not fetched: {skip}", stamp)
+                    return
+            if ann_eff is None and not t.downgrade:
+                self._refuse(t.version, t.sha256, "malformed", "targets without transfer data", stamp)
+                return
+            self._set_issued(t)
+            if t.downgrade:
+                self._cancel_other(t.sha256)
+                self._jobs.put(("rollback", (t, ann_eff)))
+            else:
+                self._begin(t, ann_eff)  # type: ignore[arg-type]
+
+    def _set_issued(self, t: Targets) -> None:
+        if self._issued.get(t.model) == t.issued_at:
+            return
+        self._issued[t.model] = t.issued_at
+        payload = {"issued": {m: v.isoformat() for m, v in self._issued.items()}}
+        try:
+            atomic_write_bytes(self._state_path, json.dumps(payload).encode())
+        except OSError as exc:
+            logger.warning("cannot persist delivery state: %s", exc)
+
+    def _load_issued(self) -> dict[str, dt.datetime]:
+        try:
+            data = json.loads(self._state_path.read_bytes())
+            return {m: dt.datetime.fromisoformat(v) for m, v in data.get("issued", {}).items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError) as exc:
+            logger.warning("delivery state unreadable, starting afresh: %s", exc)
+            return {}
+
+    def _cancel_other(self, sha256: str) -> None:
+        with self._lock:
+            t = self._transfer
+            if t is not None and t.announcement.sha256 != sha256:
+                logger.info("a newer target supersedes the transfer of v%d", t.announcement.version)
+                self._end_transfer()
+                t.discard()
+            if self._pending is not None and self._pending[0].sha256 != sha256:
+                self._pending = None
+
+    # -- transfers (under self._lock) -------------------------------------------------------
+    def _begin(self, targets: Targets, ann: ModelAnnouncement) -> None:
+        with self._lock:
+            current = self._transfer
+            if current is not None and current.announcement.sha256 == ann.sha256:
+                return
+            if ann.sha256 in self._handed_off:
+                return
+            if current is not None:
+                logger.info("v%d replaces the transfer of v%d", ann.version, current.announcement.version)
+                self._end_transfer()
+                current.discard()
+            self._pending, self._rearm_at = (targets, ann), None
+            try:
+                t = Transfer(ann, self.downloads_dir)
+            except (ValueError, OSError) as exc:
+                logger.error("cannot receive %s v%d: %s", ann.model, ann.version, exc)
+                self._report("failed", ann.version, "disk" if isinstance(exc, OSError) else "malformed", message=str(exc))
+                return
+            t.downgrade, t.targets = targets.downgrade, targets
+            logger.info(
+                "receiving bundle",
+                extra={"model": ann.model, "version": ann.version, "bundle_id": ann.bundle_id, "chunks": t.chunks,
+                       "have": t.received},
+            )  # fmt: skip
+            self._event(
+                "downloading", model=ann.model, version=ann.version, sha256=ann.sha256, size=ann.size,
+                chunks=t.chunks, have=t.received, rollout=targets.rollout,
+            )  # fmt: skip
+            if t.complete:  # fully resumed from disk
+                done = t
+            else:
+                self._transfer, self._retries = t, 0
+                self._missing = collections.deque(t.missing())
+                self._outstanding = {}
+                self._last_progress = time.monotonic()
+                self._tokens, self._tokens_at = float(ann.chunk_size), time.monotonic()
+                self._pump()
+                done = None
+        if done is not None:
+            self._hand_off(done)
+        self._publish_state()
+
+    def _pump(self) -> None:
+        """Request missing chunks until ``transfer_window`` are outstanding (and the rate budget allows).
+
+        Refills once half the window arrived, so one SUBSCRIBE and one UNSUBSCRIBE packet cover several
+        chunks."""
+        t = self._transfer
+        if t is None or not self._connected():
+            return
+        if len(self._outstanding) > self.config.transfer_window // 2:
+            return
+        if self._arrived:
+            self.client.unsubscribe(self._arrived)
+            self._arrived = []
+        rate = self.config.transfer_max_bps
+        if rate is not None:
+            now = time.monotonic()
+            self._tokens = min(self._tokens + (now - self._tokens_at) * rate, max(rate, t.announcement.chunk_size))
+            self._tokens_at = now
+        batch = []
+        while len(self._outstanding) < self.config.transfer_window and self._missing:
+            index = self._missing[0]
+            if t.has(index):
+                self._missing.popleft()
+                continue
+            if rate is not None:
+                need = t.chunk_len(index)
+                if self._tokens < need:
+                    break
+                self._tokens -= need
+            self._missing.popleft()
+            self._outstanding[index] = time.monotonic()
+            batch.append((topics.bundle_chunk(self.config.fleet, t.bundle_id, index), 1))
+        if batch:
+            self.client.subscribe(batch)
+
+    def _end_transfer(self) -> Transfer | None:
+        t, self._transfer = self._transfer, None
+        if t is not None and (self._outstanding or self._arrived):
+            left = [topics.bundle_chunk(self.config.fleet, t.bundle_id, i) for i in self._outstanding]
+            self.client.unsubscribe(left + self._arrived)
+        self._outstanding.clear()
+        self._arrived = []
+        self._missing.clear()
+        return t
+
+    def _abort(self, reason: str, message: str) -> None:
+        t = self._end_transfer()
+        if t is None:
+            return
+        t.close()  # what was written is verified chunk by chunk: keep it for a resume
+        self._rearm_at = time.monotonic() + 2 * self.config.chunk_timeout_s
+        logger.warning("transfer of v%d aborted (%s): %s", t.announcement.version, reason, message)
+        self._report("failed", t.announcement.version, reason, message=message)
+
+    def _hand_off(self, t: Transfer) -> None:
+        self.downloaded_at = time.monotonic()
+        self._handed_off.add(t.announcement.sha256)
+        logger.info("bundle received", extra={"bundle_id": t.bundle_id, "bytes": t.announcement.size})
+        self._event(
+            "downloaded", version=t.announcement.version, sha256=t.announcement.sha256, chunks=t.chunks,
+            resumed_chunks=t.resumed_chunks, fetched_chunks=t.chunks - t.resumed_chunks,
+            fetched_bytes=t.bytes_received, offered_bytes=t.bytes_offered,
+        )  # fmt: skip
+        self._jobs.put(("install", t))
+
+    # -- worker thread ----------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            busy = self._transfer is not None or self._pending is not None
+            try:
+                job = self._jobs.get(timeout=_TICK_S if busy else 1.0)  # idle: wake once a second
+            except queue.Empty:
+                self._tick()
+                continue
+            if job is None:
+                return
+            kind, arg = job
+            try:
+                if kind == "install":
+                    self._install(arg)
+                elif kind == "rollback":
+                    self._rollback(*arg)
+            except Exception:
+                logger.exception("delivery job %s failed", kind)
+            self._tick()
+
+    def _install(self, t: Transfer) -> None:
+        try:
+            self._on_complete(t)
+        finally:
+            with self._lock:
+                self._handed_off.discard(t.announcement.sha256)
+                if self._pending is not None and self._pending[1].sha256 == t.announcement.sha256:
+                    self._pending = None
+
+    def _rollback(self, t: Targets, ann: ModelAnnouncement | None) -> None:
+        """A signed rollback command: activate the installed version if this device still holds it, else fetch it."""
+        if self._activate_installed is not None and self._activate_installed(t.version, t.sha256):
+            return
+        if ann is None:
+            self._refuse(
+                t.version, t.sha256, "rollback_unavailable",
+                f"v{t.version} is not installed here and the rollback command carries no transfer data",
+                t.issued_at.isoformat(),
+            )  # fmt: skip
+            return
+        self._begin(t, ann)
+
+    def _tick(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if not self._connected():
+                self._last_progress = now  # a broker outage is not a stall: resume on reconnect
+                return
+            t = self._transfer
+            if t is None:
+                if self._pending is not None and self._rearm_at is not None and now >= self._rearm_at:
+                    self._rearm_at = None
+                    targets, ann = self._pending
+                    logger.info("resuming the transfer of v%d", ann.version)
+                    self._begin(targets, ann)
+                return
+            self._pump()
+            if not self._outstanding or now - self._last_progress < self.config.chunk_timeout_s:
+                return
+            self._retries += 1
+            if self._retries <= self.config.transfer_retries:
+                waiting = sorted(self._outstanding)
+                logger.warning(
+                    "transfer %s stalled at %d/%d chunks; asking again for %s",
+                    t.bundle_id, t.received, t.chunks, ranges(waiting),
+                )  # fmt: skip
+                # ask for everything still missing (the broker may have lost all of it: a restart
+                # without persistence); the server re-publishes retained, this device still pulls a window
+                wanted = ranges(waiting + [i for i in self._missing if not t.has(i)])[:64]
+                request = ChunkRequest(device_id=self.config.device_id, bundle_id=t.bundle_id, ranges=wanted)
+                self.client.publish(self.fetch_topic, request.model_dump_json(), qos=1)
+                self.stats["fetch_requests"] += 1
+                chunk_topics = [topics.bundle_chunk(self.config.fleet, t.bundle_id, i) for i in waiting]
+                self.client.unsubscribe(chunk_topics)
+                self.client.subscribe([(topic, 1) for topic in chunk_topics])  # the broker re-sends retained ones
+                self._last_progress = now
+                return
+            missing = len(t.missing())
+            self._abort("stalled", f"{missing} of {t.chunks} chunks never arrived")

@@ -1,0 +1,432 @@
+"""Telemetry and events with per-device sequence numbers, stored and forwarded: none lost offline.
+
+Every message the device reports — periodic telemetry on ``<device>/telemetry`` and events on
+``<device>/events`` (update steps from :mod:`edge.agent`, via :attr:`edge.delivery.link.MqttLink.event_sink`)
+— gets the next number of one per-device sequence and is appended to an on-disk spool *before*
+anything is sent. A sender thread publishes the oldest undelivered messages (QoS 1, a window of
+``window`` in flight) whenever the broker is connected and moves a durable cursor past those the
+broker acknowledged. While the broker is unreachable messages pile up on disk; after a reconnect
+they go out in order. A consumer merges both topics and checks that ``seq`` has no gaps (it may
+see a message twice after a connection drop: at-least-once, deduplicate by ``seq``).
+
+The spool is bounded: segment files of ``segment_bytes`` under ``<state>/telemetry/``; when the
+spool exceeds ``spool_max_bytes`` the oldest segment is deleted, its undelivered messages counted
+in ``edgeship_telemetry_dropped_total`` (and in the next telemetry's ``dropped_total``, so a gap is
+explained). The sequence continues across restarts (cursor file + the spool's last number).
+
+Spool line format (one message per line; payloads are compact JSON, no newlines or tabs needed)::
+
+    <seq>\\t<topic>\\t<payload JSON>\\n
+
+::
+
+    tele = Telemetry(config.telemetry, device_id="store-1", fleet="default", folder=state / "telemetry",
+                     registry=metrics.registry, collect=lambda: {"requests": 12})
+    tele.attach(link)        # link.event_sink = tele.event; sender uses link.client
+    tele.start()             # periodic telemetry + sender
+    tele.event("active", {"version": 3})
+    tele.stop()
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.fsutil import atomic_write_bytes
+from models import topics
+from models.messages import DeviceEvent
+from models.serving import TelemetryRecord
+
+__all__ = ["TelemetryConfig", "Spool", "Telemetry", "for_agent"]
+
+logger = logging.getLogger(__name__)
+
+_SEGMENT = re.compile(r"^seg-(\d{12})\.log$")
+_CURSOR = "delivered"
+
+
+class TelemetryConfig(BaseModel):
+    """Periodic telemetry and the on-disk spool behind telemetry and events."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval_s: float = Field(default=60.0, ge=0.0, description="Seconds between telemetry messages (0 = none).")
+    spool_max_bytes: int = Field(
+        default=8 << 20, ge=16 << 10, description="Disk the spool may use; beyond it the oldest messages are dropped."
+    )
+    segment_bytes: int = Field(default=256 << 10, ge=1 << 10, description="Spool file size before a new one starts.")
+    window: int = Field(default=16, ge=1, le=64, description="Messages in flight (QoS 1) while delivering.")
+    fsync: bool = Field(default=True, description="fsync every appended message (survives a power cut).")
+
+
+@dataclasses.dataclass
+class _Segment:
+    path: Path
+    first: int
+    last: int
+    size: int
+
+
+class Spool:
+    """Append-only, bounded, crash-safe queue of ``(seq, topic, payload)`` on disk. Thread-safe."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        max_bytes: int = 8 << 20,
+        segment_bytes: int = 256 << 10,
+        fsync: bool = True,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.max_bytes = max_bytes
+        self.segment_bytes = min(segment_bytes, max(max_bytes // 4, 1024))
+        self.fsync = fsync
+        self._on_drop = on_drop
+        self._lock = threading.Lock()
+        self._segments: list[_Segment] = []
+        self._pending: collections.deque[tuple[int, str, bytes]] = collections.deque()
+        self._fh: Any = None
+        self.delivered = 0
+        self.dropped = 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._recover()
+
+    # -- recovery ---------------------------------------------------------------------------
+    def _recover(self) -> None:
+        try:
+            self.delivered = int((self.folder / _CURSOR).read_text().strip() or 0)
+        except (OSError, ValueError):
+            self.delivered = 0
+        last = self.delivered
+        for path in sorted(p for p in self.folder.iterdir() if _SEGMENT.match(p.name)):
+            records, good = self._read(path)
+            if good != path.stat().st_size:  # a torn last line from a crash: cut it off
+                with open(path, "r+b") as fh:
+                    fh.truncate(good)
+            if not records:
+                path.unlink(missing_ok=True)
+                continue
+            self._segments.append(_Segment(path, records[0][0], records[-1][0], good))
+            self._pending.extend(r for r in records if r[0] > self.delivered)
+            last = max(last, records[-1][0])
+        self._next = last + 1
+        for tmp in self.folder.glob(f".{_CURSOR}.*"):
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _read(path: Path) -> tuple[list[tuple[int, str, bytes]], int]:
+        records: list[tuple[int, str, bytes]] = []
+        good = 0
+        with open(path, "rb") as fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    seq, topic, payload = line[:-1].split(b"\t", 2)
+                    records.append((int(seq), topic.decode(), payload))
+                except ValueError:
+                    break
+                good += len(line)
+        return records, good
+
+    # -- writing ----------------------------------------------------------------------------
+    @property
+    def next_seq(self) -> int:
+        return self._next
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    def append(self, topic: str, build: Callable[[int], bytes]) -> int:
+        """Give the next sequence number to ``build(seq)`` and store the payload it returns."""
+        with self._lock:
+            seq = self._next
+            payload = build(seq)
+            if b"\n" in payload or "\t" in topic:
+                raise ValueError("spooled payloads may not contain newlines, topics no tabs")
+            line = b"%d\t%s\t%s\n" % (seq, topic.encode(), payload)
+            seg = self._segments[-1] if self._segments and self._fh is not None else None
+            if seg is None or seg.size + len(line) > self.segment_bytes:
+                seg = self._roll(seq)
+            self._fh.write(line)
+            self._fh.flush()
+            if self.fsync:
+                os.fsync(self._fh.fileno())
+            self._next = seq + 1
+            seg.last, seg.size = seq, seg.size + len(line)
+            self._pending.append((seq, topic, payload))
+            self._enforce_cap()
+            return seq
+
+    def _roll(self, first: int) -> _Segment:
+        if self._fh is not None:
+            self._fh.close()
+        path = self.folder / f"seg-{first:012d}.log"
+        self._fh = open(path, "ab")
+        seg = _Segment(path, first, first - 1, 0)
+        self._segments.append(seg)
+        return seg
+
+    def _enforce_cap(self) -> None:
+        while len(self._segments) > 1 and self.bytes > self.max_bytes:
+            oldest = self._segments.pop(0)
+            lost = 0
+            while self._pending and self._pending[0][0] <= oldest.last:
+                self._pending.popleft()
+                lost += 1
+            oldest.path.unlink(missing_ok=True)
+            if lost:
+                self.dropped += lost
+                logger.warning("telemetry spool full: dropped %d undelivered messages", lost)
+                if self._on_drop is not None:
+                    self._on_drop(lost)
+
+    # -- delivering -------------------------------------------------------------------------
+    def peek(self, limit: int) -> list[tuple[int, str, bytes]]:
+        """The oldest undelivered messages, in order."""
+        with self._lock:
+            return [self._pending[i] for i in range(min(limit, len(self._pending)))]
+
+    def ack(self, seq: int) -> None:
+        """Everything up to ``seq`` was delivered: move the durable cursor, delete finished segments."""
+        with self._lock:
+            if seq <= self.delivered:
+                return
+            self.delivered = seq
+            while self._pending and self._pending[0][0] <= seq:
+                self._pending.popleft()
+            while len(self._segments) > 1 and self._segments[0].last <= seq:
+                self._segments.pop(0).path.unlink(missing_ok=True)
+            atomic_write_bytes(self.folder / _CURSOR, b"%d\n" % seq, durable=self.fsync)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.spooled = Counter(
+            "edgeship_telemetry_spooled", "Telemetry and event messages stored for delivery.", ["kind"], registry=registry
+        )
+        self.delivered = Counter(
+            "edgeship_telemetry_delivered", "Spooled messages the broker acknowledged.", registry=registry
+        )
+        self.dropped = Counter(
+            "edgeship_telemetry_dropped", "Undelivered messages dropped because the spool was full.", registry=registry
+        )
+        self.pending = Gauge("edgeship_telemetry_pending", "Spooled messages not yet delivered.", registry=registry)
+        self.spool_bytes = Gauge("edgeship_telemetry_spool_bytes", "Bytes the spool holds on disk.", registry=registry)
+
+
+class Telemetry:
+    """The per-device sequence, the spool, periodic telemetry and the sender thread."""
+
+    def __init__(
+        self,
+        config: TelemetryConfig | None = None,
+        *,
+        device_id: str,
+        fleet: str,
+        folder: str | os.PathLike[str],
+        registry: CollectorRegistry | None = None,
+        collect: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.config = config or TelemetryConfig()
+        self.device_id = device_id
+        self.metrics = _Metrics(registry)
+        self.spool = Spool(
+            folder,
+            max_bytes=self.config.spool_max_bytes,
+            segment_bytes=self.config.segment_bytes,
+            fsync=self.config.fsync,
+            on_drop=self.metrics.dropped.inc,
+        )
+        self._topic_events = topics.events(fleet, device_id)
+        self._topic_telemetry = topics.telemetry(fleet, device_id)
+        self._collect = collect or dict
+        self._link: Any = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._started = time.monotonic()
+        self._update_gauges()
+
+    # -- wiring -----------------------------------------------------------------------------
+    def attach(self, link: Any) -> None:
+        """Send through ``link`` (an :class:`edge.delivery.link.MqttLink`) and take over its events."""
+        self._link = link
+        link.event_sink = self.event
+
+    def start(self) -> None:
+        targets = [("edgeship-telemetry-send", self._send_loop)]
+        if self.config.interval_s > 0:
+            targets.append(("edgeship-telemetry", self._tick_loop))
+        for name, target in targets:
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the threads (what is undelivered stays on disk for the next start)."""
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+        self.spool.close()
+
+    # -- producing --------------------------------------------------------------------------
+    def event(self, kind: str, detail: dict[str, Any]) -> int | None:
+        """Spool one :class:`DeviceEvent`; returns its sequence number (None if it could not be built)."""
+        try:
+            DeviceEvent(device_id=self.device_id, kind=kind, detail=detail)  # validate before numbering
+        except ValidationError as exc:
+            logger.error("event %r not sent: %s", kind, exc)
+            return None
+
+        def build(seq: int) -> bytes:
+            return DeviceEvent(device_id=self.device_id, kind=kind, detail=detail, seq=seq).model_dump_json().encode()
+
+        return self._append(self._topic_events, build, "event")
+
+    def telemetry(self) -> int | None:
+        """Spool one :class:`TelemetryRecord` with what ``collect()`` returns now."""
+        try:
+            data = dict(self._collect())
+        except Exception:  # telemetry must not die of a collector bug
+            logger.exception("collecting telemetry failed")
+            data = {}
+        data.update(
+            uptime_s=round(time.monotonic() - self._started, 3),
+            spool_pending=self.spool.pending,
+            dropped_total=self.spool.dropped,
+        )
+
+        def build(seq: int) -> bytes:
+            return TelemetryRecord(device_id=self.device_id, seq=seq, data=data).model_dump_json().encode()
+
+        return self._append(self._topic_telemetry, build, "telemetry")
+
+    def _append(self, topic: str, build: Callable[[int], bytes], kind: str) -> int | None:
+        try:
+            seq = self.spool.append(topic, build)
+        except (OSError, ValueError) as exc:
+            logger.error("could not spool %s: %s", kind, exc)
+            return None
+        self.metrics.spooled.labels(kind).inc()
+        self._update_gauges()
+        self._wake.set()
+        return seq
+
+    def _update_gauges(self) -> None:
+        self.metrics.pending.set(self.spool.pending)
+        self.metrics.spool_bytes.set(self.spool.bytes)
+
+    # -- threads ----------------------------------------------------------------------------
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.config.interval_s):
+            self.telemetry()
+
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            link = self._link
+            if link is None or not link.connected:
+                self._stop.wait(0.2)
+                continue
+            batch = self.spool.peek(self.config.window)
+            if not batch:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            if not self._deliver(link.client, batch):
+                self._stop.wait(0.5)  # disconnected or queue full: try again shortly
+
+    def _deliver(self, client: Any, batch: list[tuple[int, str, bytes]]) -> bool:
+        infos = []
+        for seq, topic, payload in batch:
+            info = client.publish(topic, payload, qos=1)
+            if info.rc not in (0, 4):  # MQTT_ERR_SUCCESS, MQTT_ERR_NO_CONN (queued by paho)
+                break
+            infos.append((seq, info))
+        delivered = None
+        for seq, info in infos:
+            try:
+                info.wait_for_publish(timeout=5.0)
+            except (RuntimeError, ValueError):
+                break
+            if not info.is_published():
+                break
+            delivered = seq
+        if delivered is None:
+            return False
+        count = sum(1 for seq, _ in infos if seq <= delivered)
+        try:
+            self.spool.ack(delivered)
+        except OSError as exc:
+            logger.error("could not save the telemetry cursor: %s", exc)
+        self.metrics.delivered.inc(count)
+        self._update_gauges()
+        return True
+
+
+def for_agent(agent: Any) -> Telemetry:
+    """Telemetry of an :class:`edge.agent.Agent`: model, request counts, memory and serving state."""
+    c = agent.config
+
+    def collect() -> dict[str, Any]:
+        current = agent.predictor
+        requests: dict[str, float] = {}
+        for family in agent.metrics.requests.collect():
+            for s in family.samples:
+                if s.name.endswith("_total"):
+                    key = f"{s.labels['transport']}_{s.labels['outcome']}"
+                    requests[key] = requests.get(key, 0) + s.value
+        data: dict[str, Any] = {
+            "status": agent.device_state().status,
+            "model": None if current is None else {"version": current.version, "digest": current.digest},
+            "requests": requests,
+            "rss_bytes": _rss_bytes(),
+        }
+        serving = getattr(agent, "serving", None)
+        if serving is not None:
+            data.update(serving.snapshot())
+        return data
+
+    return Telemetry(
+        c.telemetry,
+        device_id=c.device_id,
+        fleet=c.fleet,
+        folder=Path(c.state_dir) / "telemetry",
+        registry=agent.metrics.registry,
+        collect=collect,
+    )
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None

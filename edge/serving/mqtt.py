@@ -1,0 +1,226 @@
+"""MQTT request/response for predictions and sales, and commands on ``…/set``.
+
+MQTT 3.1.1, so the correlation id (and an optional expiry) travel in the payload; topics come from
+:mod:`models.topics`, payloads from :mod:`models.contract` and :mod:`models.serving`::
+
+    → edgeship/<fleet>/<device>/request/predict   {"correlation_id": "r1", "instances": [...],
+                                                    "expires_at": "2017-08-16T10:00:00Z"}   (expiry optional)
+    ← edgeship/<fleet>/<device>/response/predict  {"correlation_id": "r1", "predictions": [4.2], "model": {...}}
+                                                  {"correlation_id": "r1", "status": 422, "error": {"code":
+                                                   "invalid_request", "message", "details": [...]}}
+    → …/request/sales     {"correlation_id": "s1", "sales": [...]}  ← …/response/sales  SalesAck | ErrorResponse
+    → …/set               {"command": "candidate", "version": 3, "mode": "ab", "share": 0.1}  → a "candidate" event
+
+Requests are validated exactly as over HTTP (same rules, same error shape, plus the HTTP status
+the error would have had). Paho's network thread parses and validates; the rows join the shared
+micro-batches (:mod:`edge.serving.pipeline`) and the answer is published from the batch worker, so MQTT
+requests that arrive together are inferred together. A payload that is not JSON, not an object,
+too large (``max_body_bytes``), or expired gets an error response (correlation id echoed when it
+could be read), and is counted; nothing a client sends stops the agent.
+
+Commands are dispatched by name (``register_command``) so other parts can add theirs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from pydantic import ValidationError
+
+from edge.serving.batching import Overloaded
+from edge.serving.errors import InferenceError, RequestError, detail
+from edge.serving.pipeline import Serving, Unavailable
+from edge.serving.shadow import CandidateSettings
+from models import topics
+from models.serving import CandidateCommand, ErrorBody, ErrorResponse, PredictResponse
+
+__all__ = ["MqttServing"]
+
+logger = logging.getLogger(__name__)
+
+
+def _correlation_id(body: Any) -> str | None:
+    cid = body.get("correlation_id") if isinstance(body, dict) else None
+    return cid if isinstance(cid, str) and len(cid) <= 128 else None
+
+
+class MqttServing:
+    """Subscribes ``request/predict``, ``request/sales`` and ``set`` on a :class:`edge.delivery.link.MqttLink`."""
+
+    def __init__(self, serving: Serving, link: Any, *, max_payload_bytes: int = 1 << 20) -> None:
+        self.serving = serving
+        self.link = link
+        self.metrics = serving.metrics
+        self.max_payload_bytes = max_payload_bytes
+        fleet, device = link.config.fleet, link.config.device_id
+        self.topic_predict = topics.request(fleet, device, "predict")
+        self.topic_sales = topics.request(fleet, device, "sales")
+        self.topic_set = topics.command(fleet, device)
+        self._response_predict = topics.response(fleet, device, "predict")
+        self._response_sales = topics.response(fleet, device, "sales")
+        self.commands: dict[str, Callable[[dict[str, Any]], None]] = {"candidate": self._cmd_candidate}
+
+    def attach(self) -> None:
+        """Register the handlers and subscribe on every (re)connect."""
+        c = self.link.client
+        c.message_callback_add(self.topic_predict, self._on_predict)
+        c.message_callback_add(self.topic_sales, self._on_sales)
+        c.message_callback_add(self.topic_set, self._on_set)
+        self.link.on_connected.append(self._subscribe)
+        if self.link.connected:
+            self._subscribe(c)
+
+    def register_command(self, name: str, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Handle ``{"command": name, ...}`` on ``…/set`` (called on paho's thread: keep it short)."""
+        self.commands[name] = handler
+
+    def _subscribe(self, client: mqtt.Client) -> None:
+        client.subscribe([(self.topic_predict, 1), (self.topic_sales, 1), (self.topic_set, 1)])
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _parse(self, payload: bytes) -> dict[str, Any]:
+        if len(payload) > self.max_payload_bytes:
+            raise RequestError(
+                [detail("body", "max_body_bytes", f"is larger than {self.max_payload_bytes} bytes")], status=413
+            )
+        try:
+            body = json.loads(payload)
+        except ValueError as exc:
+            raise RequestError([detail("body", "json", f"is not valid JSON: {exc}")], status=400) from None
+        if not isinstance(body, dict):
+            raise RequestError([detail("body", "object_type", "must be a JSON object")])
+        return body
+
+    @staticmethod
+    def _check_expiry(body: dict[str, Any]) -> None:
+        """Remove and check the envelope's optional ``expires_at`` (ISO 8601, with a time zone)."""
+        if "expires_at" not in body:
+            return
+        raw = body.pop("expires_at")
+        try:
+            when = dt.datetime.fromisoformat(raw) if isinstance(raw, str) else None
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            raise RequestError(
+                [detail("expires_at", "datetime_format", "must be an ISO 8601 time with a zone, e.g. 2017-08-16T10:00:00Z")]
+            )
+        if when < dt.datetime.now(dt.timezone.utc):
+            raise RequestError([detail("expires_at", "expired", f"{raw} has passed")], status=408, code="expired")
+
+    def _publish(self, topic: str, message: Any) -> None:
+        try:
+            self.link.client.publish(topic, message.model_dump_json(), qos=1)
+        except Exception:  # a response that cannot be sent must not break the caller
+            logger.exception("could not publish response on %s", topic)
+
+    def _error(self, topic: str, cid: str | None, status: int, code: str, message: str, details: list | None = None) -> None:
+        body = ErrorBody(code=code, message=message, details=[dict(d) for d in (details or [])])
+        self._publish(topic, ErrorResponse(correlation_id=cid, status=status, error=body))
+
+    # -- predict ----------------------------------------------------------------------------
+    def _on_predict(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        cid: str | None = None
+        outcome = "error"
+        try:
+            body = self._parse(msg.payload)
+            cid = _correlation_id(body)
+            self._check_expiry(body)
+            future = self.serving.submit(body, transport="mqtt", timings=timings, correlation_id=cid)
+        except RequestError as exc:
+            outcome = "invalid"
+            self._error(self._response_predict, cid, exc.status, exc.code, exc.message, exc.details)
+        except (Unavailable, Overloaded) as exc:
+            outcome = "unavailable"
+            self._error(self._response_predict, cid, 503, "no_model" if isinstance(exc, Unavailable) else "overloaded", str(exc))
+        except Exception:
+            logger.exception("MQTT predict failed")
+            self._error(self._response_predict, cid, 500, "internal", "internal error")
+        else:
+            future.add_done_callback(lambda f: self._answer(f, cid, started, timings))
+            return
+        self.metrics.observe_request("mqtt", outcome, time.perf_counter() - started, timings=timings)
+
+    def _answer(self, future: Any, cid: str | None, started: float, timings: dict[str, float]) -> None:
+        outcome, rows = "error", 0
+        try:
+            answer = future.result()
+            self._publish(
+                self._response_predict,
+                PredictResponse(correlation_id=cid, predictions=answer.predictions, model=answer.model),
+            )
+            outcome, rows = "ok", len(answer.predictions)
+        except InferenceError as exc:
+            self._error(self._response_predict, cid, 500, "inference_failed", str(exc))
+        except Exception:
+            logger.exception("MQTT predict failed")
+            self._error(self._response_predict, cid, 500, "internal", "internal error")
+        finally:
+            self.metrics.observe_request("mqtt", outcome, time.perf_counter() - started, rows=rows, timings=timings)
+
+    # -- sales ------------------------------------------------------------------------------
+    def _on_sales(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        cid: str | None = None
+        try:
+            body = self._parse(msg.payload)
+            cid = _correlation_id(body)
+            self._check_expiry(body)
+            ack = self.serving.report_sales(body, transport="mqtt")
+            self._publish(self._response_sales, ack)
+        except RequestError as exc:
+            self._error(self._response_sales, cid, exc.status, exc.code, exc.message, exc.details)
+        except Unavailable as exc:
+            self._error(self._response_sales, cid, 503, "no_model", str(exc))
+        except Exception:
+            logger.exception("MQTT sales report failed")
+            self._error(self._response_sales, cid, 500, "internal", "internal error")
+
+    # -- commands ---------------------------------------------------------------------------
+    def _on_set(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if not msg.payload:  # a retained command being cleared
+            return
+        try:
+            body = json.loads(msg.payload) if len(msg.payload) <= self.max_payload_bytes else None
+            name = body.get("command") if isinstance(body, dict) else None
+            handler = self.commands.get(name) if isinstance(name, str) else None
+            if handler is None:
+                raise ValueError(f"unknown or missing command {str(name)[:64]!r}")
+            handler(body)
+        except Exception as exc:
+            self.metrics.bad_messages.inc()
+            logger.warning("ignoring command on %s: %s", msg.topic, str(exc).splitlines()[0][:200])
+
+    def _cmd_candidate(self, body: dict[str, Any]) -> None:
+        try:
+            cmd = CandidateCommand.model_validate(body)
+        except ValidationError as exc:
+            self.link.publish_event("candidate", outcome="refused", reason="invalid", message=str(exc).splitlines()[0])
+            raise ValueError("invalid candidate command") from None
+        # Loading a model takes a while: not on paho's network thread.
+        threading.Thread(target=self._load_candidate, args=(cmd,), name="edgeship-candidate", daemon=True).start()
+
+    def _load_candidate(self, cmd: CandidateCommand) -> None:
+        detail_ = {"correlation_id": cmd.correlation_id} if cmd.correlation_id else {}
+        try:
+            base = self.serving.candidate_config
+            settings = CandidateSettings(mode=cmd.mode, share=cmd.share, key=base.key, tolerance=base.tolerance)
+            info = self.serving.load_candidate(cmd.version, settings)
+        except Exception as exc:
+            logger.error("candidate v%s could not be loaded: %s", cmd.version, exc)
+            self.link.publish_event("candidate", outcome="failed", version=cmd.version, message=str(exc)[:500], **detail_)
+            return
+        if info is None:
+            self.link.publish_event("candidate", outcome="unloaded", **detail_)
+        else:
+            self.link.publish_event(
+                "candidate", outcome="loaded", version=info.version, digest=info.digest, mode=cmd.mode, share=cmd.share, **detail_
+            )
