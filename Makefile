@@ -29,16 +29,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 mosquitto:
-	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq mosquitto mosquitto-clients; \
-	  elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq mosquitto mosquitto-clients; \
-	  else echo "Mosquitto is missing: apt-get install mosquitto mosquitto-clients"; exit 1; fi; \
-	fi
-	@if ! command -v strace >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq strace; \
-	  elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq strace; \
-	  else echo "strace is missing (the no-phone-home test needs it): apt-get install strace"; exit 1; fi; \
-	fi
+	@bash scripts/test-deps.sh
 
 demo: venv
 	ORT_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/edgeship demo
