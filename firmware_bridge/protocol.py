@@ -167,6 +167,8 @@ def _str(data: bytes, at: int, limit: int, what: str) -> tuple[str, int]:
     n = data[at]
     if n > limit or at + 1 + n > len(data):
         raise ProtocolError("payload", f"{what}: length {n} (at most {limit}, {len(data) - at - 1} left)")
+    if 0 in data[at + 1 : at + 1 + n]:
+        raise ProtocolError("payload", f"{what}: contains a NUL byte")
     try:
         return data[at + 1 : at + 1 + n].decode("utf-8"), at + 1 + n
     except UnicodeDecodeError:
@@ -175,6 +177,8 @@ def _str(data: bytes, at: int, limit: int, what: str) -> tuple[str, int]:
 
 def _put_str(text: str, limit: int, what: str) -> bytes:
     raw = text.encode("utf-8")
+    if b"\0" in raw:
+        raise ValueError(f"{what}: must not contain NUL")
     if len(raw) > limit:
         raise ValueError(f"{what}: {len(raw)} bytes, at most {limit}")
     return bytes([len(raw)]) + raw

@@ -101,6 +101,8 @@ def create_app(
         started = time.perf_counter()
         timings: dict[str, float] = {}
         outcome, rows = "error", 0
+        # the serial bridge calls on a device's behalf (firmware_bridge); every other caller counts as http
+        transport = "serial" if request.headers.get("x-edgeship-transport") == "serial" else "http"
         try:
             body = _parse_json(await _read_body(request, max_body_bytes))
             with slot.use() as predictor:
@@ -128,7 +130,7 @@ def create_app(
             logger.exception("predict failed")
             return _error("internal", "internal error", 500)
         finally:
-            metrics.observe_request("http", outcome, time.perf_counter() - started, rows=rows, timings=timings)
+            metrics.observe_request(transport, outcome, time.perf_counter() - started, rows=rows, timings=timings)
 
     async def healthz(_request: Request) -> Response:
         current = slot.current
