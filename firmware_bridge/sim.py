@@ -46,9 +46,12 @@ from firmware_bridge.protocol import (
     encode,
 )
 
-__all__ = ["DemandProfile", "PtyTransport", "TcpTransport", "DeviceSim", "SimStats"]
+__all__ = ["DEFAULT_ITEMS", "DemandProfile", "PtyTransport", "TcpTransport", "DeviceSim", "SimStats"]
 
 logger = logging.getLogger(__name__)
+
+#: Item numbers of the sample catalogue (items.csv of the test kit and of the Favorita extract).
+DEFAULT_ITEMS = (103520, 105574, 999001)
 
 
 @dataclasses.dataclass(frozen=True)
