@@ -135,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         section = f"## Edge agent: serving latency and throughput\n\nNot measured: {type(exc).__name__}: {exc}\n"
     with open(args.out, "a") as fh:
         fh.write("\n" + section)
+    try:  # issue 11: serial bridge decoder frames/s, prediction round trip over a pty vs raw HTTP (reported, not fatal)
+        from bench.bridge import run as bridge
+
+        section = bridge(args.work / "bridge", result.bundle, pub)
+    except Exception as exc:  # noqa: BLE001
+        section = f"## Serial bridge: decoder and prediction round trip\n\nNot measured: {type(exc).__name__}: {exc}\n"
+    with open(args.out, "a") as fh:
+        fh.write("\n" + section)
     print(args.out.read_text())
     return 0
 
