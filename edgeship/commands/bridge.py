@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 
 from edgeship.commands.args import EXAMPLES, error
@@ -149,3 +150,42 @@ def synthetic_profile():  # -> DemandProfile
         payday_lift=float(synth._PAYDAY_LIFT),
         payday_after=float(synth._PAYDAY_AFTER),
     )
+
+
+def demo_shelf(agent_url: str, store: int, item: int, day: dt.date, work: Path, *, sales: int = 20):
+    """``edgeship demo``: a simulated shelf (pty) and a bridge feeding ``agent_url``; returns a stop function.
+
+    Sells ``sales`` times on ``day`` (the shop's business day), then asks over serial for tomorrow's
+    forecast and prints how the sales moved it; keeps selling (2 per second) until stopped."""
+    from firmware_bridge.bridge import Bridge, Clock
+    from firmware_bridge.sim import DeviceSim, PtyTransport
+
+    link = work / "shelf-tty"
+    sim = DeviceSim(PtyTransport(link), items=[item], store=store, rate=0, device_id="demo-shelf",
+                    profile=synthetic_profile())  # fmt: skip
+    sim.start()
+    bridge = Bridge([str(link)], agent_url, work / "bridge", clock=Clock(day)).start()
+
+    def stop() -> None:
+        bridge.stop()
+        sim.stop()
+
+    deadline = time.monotonic() + 30
+    while not sim.synced and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tomorrow = day + dt.timedelta(days=1)
+    first = sim.wait_prediction(sim.request_prediction(item, tomorrow))
+    for _ in range(sales):
+        sim.sell(item, 1.0 + (sim.stats.sent % 3))
+    while (sim.pending or sim.stats.acked < sales) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = sim.wait_prediction(sim.request_prediction(item, tomorrow))
+    units = sum(sim.stats.acked_units.values())
+    if first is None or after is None or first.status or after.status:
+        print(f"[demo] shelf on {sim.transport.url}: no forecast over serial (see the agent's log)")
+    else:
+        print(f"[demo] shelf (firmware-sim on {sim.transport.url}) → bridge → {agent_url}: {sim.stats.acked} sales "
+              f"({units:g} units of item {item} on {day}) acked; serial forecast for {tomorrow} "
+              f"{first.value:.2f} → {after.value:.2f}; label shows {sim.stats.displays[-1]!r}")  # fmt: skip
+    sim.rate = 2.0
+    return stop

@@ -23,6 +23,9 @@ def test_demo_once_serves_a_prediction_from_every_agent(tmp_path: Path) -> None:
     assert "embedded MQTT broker (amqtt" in proc.stdout
     for url in re.findall(r"predict (http://127\.0\.0\.1:\d+)/v1/predict", proc.stdout):
         assert url.startswith("http://127.0.0.1:")
+    # a simulated serial shelf fed the first agent: its sales were acked and moved the serial forecast
+    shelf = re.search(r"\[demo\] shelf \(firmware-sim on .+\) → bridge → .+: (\d+) sales .* acked; serial forecast", proc.stdout)
+    assert shelf and int(shelf.group(1)) == 20, proc.stdout
     assert (tmp_path / "out" / "report.json").is_file()
     # the agents stopped with the demo: their logs end with a clean shutdown
     for log in (tmp_path / "logs").glob("store-*.log"):
