@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from edgeship.demo import free_port  # noqa: F401  (one implementation; tests import it from here)
 from cryptography.hazmat.primitives import serialization
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -31,12 +33,6 @@ def require(condition: bool, why: str) -> None:
     if IN_CI:
         pytest.fail(f"{why} (CI=true: install it, tests may not skip)")
     pytest.skip(why)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def mosquitto_binary() -> str | None:

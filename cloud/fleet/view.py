@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from models import topics
-from models.broker import BrokerURL, new_client
+from models.broker import BrokerURL, connect_and_wait, new_client
 from models.messages import DeviceState, utcnow
 
 __all__ = ["DeviceView", "FleetView", "fleet_status", "format_table"]
@@ -123,14 +123,7 @@ class FleetView:
         self.client.on_message = self._on_message
 
     def start(self, timeout: float = 15.0) -> FleetView:
-        try:
-            self.client.connect(self.url.host, self.url.port, keepalive=30)
-        except OSError as exc:
-            raise ConnectionError(f"cannot reach broker {self.url}: {exc}") from exc
-        self.client.loop_start()
-        if not self._connected.wait(timeout):
-            self.client.loop_stop()
-            raise ConnectionError(f"broker {self.url} did not accept the connection ({self._refused or 'timeout'})")
+        connect_and_wait(self.client, self.url, self._connected, timeout=timeout, refused=lambda: self._refused)
         return self
 
     def close(self) -> None:

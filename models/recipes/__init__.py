@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from models.strict import Strict
 
 __all__ = ["Recipe", "Tolerance", "load_recipe", "VARIANTS"]
 
@@ -18,8 +20,7 @@ __all__ = ["Recipe", "Tolerance", "load_recipe", "VARIANTS"]
 VARIANTS = ("tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx-fp32", "onnx-int8")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Strict = Strict  # the contract's one strict base (models.strict)
 
 
 class Tolerance(_Strict):
