@@ -29,6 +29,7 @@ from cloud.training.metrics import weights
 from cloud.training.prepare import prepare
 from models.contract import LAG_WINDOW_DAYS
 from models.features import Encoded
+from models.holdout import write_holdout
 from models.fsutil import atomic_write_bytes
 from models.manifest import ContractInfo, canonical_json
 from models.recipes import VARIANTS, Recipe, load_recipe
@@ -203,13 +204,10 @@ def train(
     members["tables.json"] = canonical_json(prep.tables.to_json())
     state = prep.matrix.state()
     members["state.npz"] = state.to_bytes()
-    members["holdout.npz"] = _npz(
-        cat=valid.x.cat[holdout_idx],
-        num=valid.x.num[holdout_idx],
-        y=valid.y[holdout_idx],
-        weight=weights(valid.perishable[holdout_idx]).astype(np.float32),
-        **{f"pred_{k.replace('-', '_')}": v.astype(np.float32) for k, v in holdout_preds.items()},
-    )
+    members["holdout.npz"] = write_holdout(
+        valid.x.cat[holdout_idx], valid.x.num[holdout_idx], valid.y[holdout_idx],
+        weights(valid.perishable[holdout_idx]), holdout_preds,
+    )  # fmt: skip
     members["reference_stats.json"] = canonical_json(reference_stats(prep.train.x))
     manifest_fields = {
         "name": recipe.name,

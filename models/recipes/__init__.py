@@ -13,11 +13,12 @@ from pathlib import Path
 from pydantic import Field
 
 from models.strict import Strict
+from models.variants import NAMES
 
 __all__ = ["Recipe", "Tolerance", "load_recipe", "VARIANTS"]
 
 #: Every export variant, in the order the report lists them.
-VARIANTS = ("tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx-fp32", "onnx-int8")
+VARIANTS = NAMES  # models.variants is the one table
 
 
 _Strict = Strict  # the contract's one strict base (models.strict)
