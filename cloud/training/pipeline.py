@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import io
 import json
 import logging
 import os
@@ -78,11 +77,6 @@ def next_version(out_dir: Path, name: str) -> int:
             highest = max(highest, int(meta.get("version", 0)))
     return highest + 1
 
-
-def _npz(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
