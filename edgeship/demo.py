@@ -48,7 +48,8 @@ class AcceptEveryone(BaseAuthPlugin):  # type: ignore[misc,valid-type]
     class Config:
         pass
 
-    async def authenticate(self, *, session: Any) -> bool:  # noqa: ARG002
+    async def authenticate(self, *, session: Any) -> bool:
+        del session  # amqtt passes it by name; every client is accepted
         return True
 
 

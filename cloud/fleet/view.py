@@ -252,4 +252,4 @@ def format_table(rows: list[dict[str, Any]], now: dt.datetime | None = None) -> 
             model += f" (→v{d['version']} {d.get('have', 0)}/{d.get('total', '?')})"
         lines.append([r["device"], online, model, _ago(r["last_seen"], now), _gate_text(r["gate"]), hardware, attrs])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)

@@ -78,7 +78,6 @@ def next_version(out_dir: Path, name: str) -> int:
     return highest + 1
 
 
-
 def _write_json_atomic(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode(), mode=0o644)
 

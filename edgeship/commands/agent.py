@@ -163,8 +163,8 @@ def _run(args: argparse.Namespace) -> int:
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda signum, _frame: (stop.set(), reload.set()))
-        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda signum, _frame: reload.set())
+            previous[sig] = signal.signal(sig, lambda _signum, _frame: (stop.set(), reload.set()))
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _signum, _frame: reload.set())
     try:
         try:
             agent = Agent(config).start()

@@ -46,7 +46,7 @@ def test_agent_encodes_the_trainers_validation_rows_identically(trainer_side):
             "item_nbr": int(m.item_nbr[p]),
             "onpromotion": bool(m.promo[p, d]),
         }
-        for p, d in zip(valid.pair.tolist(), valid.day.tolist())
+        for p, d in zip(valid.pair.tolist(), valid.day.tolist(), strict=True)
     ]
     assert any(r["onpromotion"] for r in instances)  # the slice exercises promotions
     with Predictor.open(bundle, trust=[public], runtime="fake") as agent:
