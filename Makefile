@@ -43,7 +43,7 @@ test: venv mosquitto lint
 	ORT_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-random: venv mosquitto
-	ORT_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest -p randomly $(PYTEST_ARGS)
+	ORT_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest -o addopts="" -p randomly $(PYTEST_ARGS)
 
 bench: venv mosquitto
 	ORT_DISABLE_TELEMETRY=1 $(BIN)/python -m bench.run
