@@ -55,6 +55,7 @@ from edge.monitoring.drift import DriftCollector, DriftConfig, DriftMonitor
 from edge.serving.errors import ErrorDetail, InferenceError, RequestError, detail
 from edge.serving.online_state import OnlineState, OnlineStateConfig
 from edge.monitoring.predlog import PredictionLog, PredLogConfig
+from edge.monitoring.realised import RealisedAccuracy
 from edge.serving.shadow import Candidate, CandidateConfig, CandidateSettings
 from models.contract import PredictRequest, RequestRow
 from models.messages import ActiveModel
@@ -165,6 +166,10 @@ class Serving:
         state_dir = Path(state_dir)
         self.online = OnlineState(state_dir / "online" / "sales_state.npz", online_state, registry) if online_state.enabled else None
         self.predlog = PredictionLog(state_dir / "predlog", predlog or PredLogConfig(), registry)
+        # realised accuracy: reported sales joined to logged forecasts (edge.monitoring.realised)
+        self.realised = RealisedAccuracy(
+            state_dir / "predlog", state_dir / "realised.json", registry, perishable=self._perishable, offline=self._offline
+        )
         self._drift: DriftMonitor | None = None
         self._drift_owner: Any = None
         if self.drift_config.enabled:
@@ -501,7 +506,29 @@ class Serving:
         with self.slot.use() as live:
             if live is None:
                 raise Unavailable("no model is active yet")
-            return self.online.apply(body, live, transport=transport)
+            ack = self.online.apply(body, live, transport=transport)
+        self.realised.observe(body.sales if hasattr(body, "sales") else body.get("sales", []))
+        return ack
+
+    def _perishable(self, item_nbr: int) -> bool:
+        live = self.slot.current
+        tables = getattr(live, "tables", None)
+        if tables is None:
+            return False
+        i = int(tables.item_index(np.array([item_nbr]))[0])
+        return i >= 0 and bool(tables.perishable[i])
+
+    def _offline(self, model: str, version: int) -> float | None:
+        """The validation NWRMSLE the live bundle's manifest states, when it is that version."""
+        live = self.slot.current
+        manifest = getattr(live, "manifest", None)
+        if manifest is None or manifest.name != model or manifest.version != version:
+            return None
+        variant = getattr(live, "variant", None)
+        for v in manifest.variants:
+            if v.name == variant and "nwrmsle" in v.metrics:
+                return float(v.metrics["nwrmsle"])
+        return None
 
     # -- telemetry --------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -513,6 +540,10 @@ class Serving:
             if values:
                 worst = max(values, key=values.__getitem__)
                 out["drift_max_psi"] = {"feature": worst, "psi": round(values[worst], 4)}
+                out["drift_psi"] = {k: round(v, 4) for k, v in values.items()}
+        realised = self.realised.snapshot()
+        if realised:
+            out["realised"] = realised
         cand = self.candidate.current
         settings = self.candidate.settings
         if cand is not None and settings is not None:
