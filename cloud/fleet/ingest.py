@@ -126,6 +126,7 @@ class DeviceRecord:
         if seq == 1 and self.expected > 2:  # the device lost its state and counts from 1 again
             self.resets += 1
             self.missing.clear()
+            self.received = {}  # a counter reset: highest - first + 1 - received stays the missing count
             self.first_seq, self.expected = 1, 2
             return True
         self.duplicates += 1
