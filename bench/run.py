@@ -135,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         section = f"## Edge agent: serving latency and throughput\n\nNot measured: {type(exc).__name__}: {exc}\n"
     with open(args.out, "a") as fh:
         fh.write("\n" + section)
+    try:  # issue 12: fleet ingest of 1,000 devices through Mosquitto, memory per device, /metrics scrape time
+        from bench.fleet import run as fleet
+
+        section = fleet(args.work)
+    except Exception as exc:  # noqa: BLE001
+        section = f"## Fleet ingest: 1,000 devices through Mosquitto, memory per device, scrape time\n\nNot measured: {type(exc).__name__}: {exc}\n"
+    with open(args.out, "a") as fh:
+        fh.write("\n" + section)
     print(args.out.read_text())
     return 0
 
