@@ -91,4 +91,4 @@ def format_report(rows: list[dict[str, Any]]) -> str:
         lines.append([str(r["store_nbr"]), r["model"], str(r["version"]), str(r["devices"]), str(r["rows"]),
                       fmt(r["realised_nwrmsle"]), fmt(r["offline_nwrmsle"])])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
