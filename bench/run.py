@@ -135,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         section = f"## Edge agent: serving latency and throughput\n\nNot measured: {type(exc).__name__}: {exc}\n"
     with open(args.out, "a") as fh:
         fh.write("\n" + section)
+    try:
+        from bench.forecast import run as forecast
+
+        section = forecast(args.work / "forecast", [1, 2, 3], ["hard", "easy"], 6, 60, 900)
+    except Exception as exc:  # noqa: BLE001 - report, keep the other sections
+        section = f"## Forecast quality: every model against the oracle\n\nNot measured: {type(exc).__name__}: {exc}\n"
+    with args.out.open("a") as fh:
+        fh.write("\n" + section)
     print(args.out.read_text())
     return 0
 

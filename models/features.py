@@ -356,7 +356,8 @@ def encode(
     month_end = (days + 1).astype("M8[M]") != days.astype("M8[M]")
     payday = (day_of_month == 15) | month_end
     num = np.empty((n, len(NUM_FEATURES)), dtype=np.float32)
-    num[:, 0] = np.asarray(onpromotion, dtype=bool)
+    # 1 on promotion, 0 not, 0.5 unknown (the real file's early years leave the flag empty)
+    num[:, 0] = np.clip(np.asarray(onpromotion, dtype=np.float32), 0.0, 1.0)
     num[:, 1] = np.where(i_ok, tables.perishable[np.maximum(i, 0)] if len(tables.perishable) else 0, 0)
     num[:, 2] = payday
     num[:, 3] = day_of_month / 31.0
