@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import io
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from cloud.training.prepare import encode_at, impute_promo, prepare
 from cloud.training.slices import group_nwrmsle, slice_labels, slices, store_type_gate
 from models.contract import LAG_WINDOW_DAYS
 from models.features import Encoded
+from models.holdout import write_holdout
 from models.fsutil import atomic_write_bytes
 from models.manifest import ContractInfo, canonical_json
 from models.recipes import VARIANTS, Recipe, load_recipe
@@ -116,12 +116,6 @@ def _oracle_gaps(metrics: dict[str, dict[str, float]]) -> None:
     for name, m in metrics.items():
         if name != "oracle":
             m["oracle_gap"] = (m["nwrmsle"] - best) / best
-
-
-def _npz(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -280,13 +274,10 @@ def train(
     members["tables.json"] = canonical_json(prep.tables.to_json())
     state = prep.matrix.state()
     members["state.npz"] = state.to_bytes()
-    members["holdout.npz"] = _npz(
-        cat=valid.x.cat[holdout_idx],
-        num=valid.x.num[holdout_idx],
-        y=valid.y[holdout_idx],
-        weight=weights(valid.perishable[holdout_idx]).astype(np.float32),
-        **{f"pred_{k.replace('-', '_')}": v.astype(np.float32) for k, v in holdout_preds.items()},
-    )
+    members["holdout.npz"] = write_holdout(
+        valid.x.cat[holdout_idx], valid.x.num[holdout_idx], valid.y[holdout_idx],
+        weights(valid.perishable[holdout_idx]), holdout_preds,
+    )  # fmt: skip
     members["reference_stats.json"] = canonical_json(reference_stats(prep.train.x))
     manifest_fields = {
         "name": recipe.name,
