@@ -145,7 +145,7 @@ class Prepared:
     item_nbr: np.ndarray  # int64 [n]
     onpromotion: np.ndarray  # bool [n]
     windows: np.ndarray  # float32 [n, LAG_WINDOW_DAYS], a copy taken when the request was checked
-    window_end: np.datetime64  # last day of the windows
+    window_end: np.datetime64 | np.ndarray  # last day of the windows (one, or one per row: per-store online state)
 
     def __len__(self) -> int:
         return int(self.dates.shape[0])
@@ -336,7 +336,7 @@ class Predictor:
             item_nbr=item,
             onpromotion=np.array([r.onpromotion for r in rows], dtype=bool),
             windows=state.window[pair],
-            window_end=state.end_date,
+            window_end=state.row_end(pair),
         )
         if timings is not None:
             timings["validate"] = time.perf_counter() - t0
@@ -355,7 +355,7 @@ class Predictor:
                 windows=p.windows,
                 window_end=p.window_end,
             )
-        ends = np.array([p.window_end for p in batch], dtype="M8[D]")
+        ends = np.concatenate([np.broadcast_to(np.asarray(p.window_end, "M8[D]"), (len(p),)) for p in batch])
         return encode(
             self._tables,
             dates=np.concatenate([p.dates for p in batch]),
@@ -363,7 +363,7 @@ class Predictor:
             item_nbr=np.concatenate([p.item_nbr for p in batch]),
             onpromotion=np.concatenate([p.onpromotion for p in batch]),
             windows=np.concatenate([p.windows for p in batch]),
-            window_end=ends[0] if np.all(ends == ends[0]) else np.repeat(ends, [len(p) for p in batch]),
+            window_end=ends[0] if len(ends) and np.all(ends == ends[0]) else ends,
         )
 
     def infer_encoded(self, enc: Encoded) -> np.ndarray:
@@ -445,11 +445,12 @@ class Predictor:
     ) -> np.ndarray:
         """Rows' state index; RequestError if a store/item/pair is unknown or a date out of horizon."""
         state = state if state is not None else self._state
-        end = np.datetime64(state.end_date, "D")
-        last_day = end + np.timedelta64(self.manifest.contract.horizon_days, "D")
         s_ok = self._tables.store_index(store) >= 0
         i_ok = self._tables.item_index(item) >= 0
         pair = state.pair_index(store, item)
+        # per-row window end: stores that reported sales moved on, the others did not (online_state)
+        end = np.broadcast_to(state.row_end(np.maximum(pair, 0)), dates.shape)
+        last_day = end + np.timedelta64(self.manifest.contract.horizon_days, "D")
         d_ok = (dates > end) & (dates <= last_day)
         bad = np.flatnonzero(~(s_ok & i_ok & (pair >= 0) & d_ok))
         if not len(bad):
@@ -468,8 +469,8 @@ class Predictor:
                     detail(
                         f"{row}.date",
                         "horizon",
-                        f"{dates[r]} must be after {end} (last day of known sales) and "
-                        f"at most {self.manifest.contract.horizon_days} days after it (until {last_day})",
+                        f"{dates[r]} must be after {end[r]} (last day of known sales) and "
+                        f"at most {self.manifest.contract.horizon_days} days after it (until {last_day[r]})",
                     )
                 )
         raise RequestError(problems)
