@@ -135,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         section = f"## Edge agent: serving latency and throughput\n\nNot measured: {type(exc).__name__}: {exc}\n"
     with open(args.out, "a") as fh:
         fh.write("\n" + section)
+    try:  # issue 9: serving targets against references started here (raw invoke, bare endpoint, raw paho)
+        from bench.serving import run as serving
+
+        section = serving(args.work / "serving", result.bundle, pub)
+    except Exception as exc:  # noqa: BLE001
+        section = f"## Serving targets (issue 9)\n\nNot measured: {type(exc).__name__}: {exc}\n"
+    with open(args.out, "a") as fh:
+        fh.write("\n" + section)
     print(args.out.read_text())
     return 0
 
