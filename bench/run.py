@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         lambda: _call("bench.fleet", args.work))
     sec("Forecast quality: every model against the oracle",
         lambda: _call("bench.forecast", args.work / "forecast", [1, 2, 3], ["hard", "easy"], 6, 60, 900))
+    sec("Serving targets (issue 9)",
+        lambda: _call("bench.serving", args.work / "serving", result.bundle, pub))
     print(args.out.read_text())
     return 0
 
