@@ -115,7 +115,7 @@ class Agent:
                 self.metrics,
                 device_id=self.config.device_id,
                 max_body_bytes=self.config.max_body_bytes,
-                routes=[*self.serving.routes(), *ingest_routes(self)],  # + device input (serial bridge)
+                routes=ingest_routes(self),  # device input: sale events, sensor readings (serial bridge)
             )
             self.http = HttpServer(app, host, port)
             self.http.start()

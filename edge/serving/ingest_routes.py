@@ -214,16 +214,16 @@ class Ingest:
 
     # -- HTTP -------------------------------------------------------------------------------
     async def _json(self, request: Request) -> Any:
-        from edge.serving.http import _read_body
+        from edge.serving.http import read_body
 
-        raw = await _read_body(request, self.agent.config.max_body_bytes)
+        raw = await read_body(request, self.agent.config.max_body_bytes)
         try:
             return json.loads(raw)
         except ValueError as exc:
             raise RequestError([detail("body", "json", f"is not valid JSON: {exc}")], status=400) from None
 
     async def _handle(self, request: Request, fn: Any) -> Response:
-        from edge.serving.pipeline import Unavailable
+        from edge.serving.errors import Unavailable
 
         try:
             body = await self._json(request)
