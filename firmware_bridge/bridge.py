@@ -144,7 +144,7 @@ class SaleQueue:
                 "SELECT key, device_id, boot_id, seq, day, store, item, quantity FROM pending ORDER BY received LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [dict(zip(("key", "device_id", "boot_id", "seq", "day", "store", "item", "quantity"), r)) for r in rows]
+        return [dict(zip(("key", "device_id", "boot_id", "seq", "day", "store", "item", "quantity"), r, strict=True)) for r in rows]
 
     def __len__(self) -> int:
         with self._lock:
