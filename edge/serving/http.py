@@ -17,15 +17,15 @@ Endpoints::
                       → 503 {"error": {"code": "no_model", "message"}} while no model is active
     POST /v1/predict:batch, POST /v1/sales   (added by edge.serving.pipeline: bulk rows with per-row errors;
                       actual sales for the online lag state)
-    GET  /healthz     → {"status": "ok" | "no_model", "device_id", "model": {...} | null}
+    GET  /healthz     → {"status": "ok" | "no_model", "device_id", "model": {...} | null, "version": "0.1.0"}
     GET  /metrics     → Prometheus text format
 
 >>> from edge.serving.slot import ModelSlot
 >>> from edge.monitoring.metrics import AgentMetrics
 >>> from starlette.testclient import TestClient
 >>> app = create_app(ModelSlot(), AgentMetrics(process=False), device_id="store-1")
->>> TestClient(app).get("/healthz").json()
-{'status': 'no_model', 'device_id': 'store-1', 'model': None}
+>>> TestClient(app).get("/healthz").json()["status"]
+'no_model'
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from edge.serving.batching import Overloaded
 from edge.serving.errors import InferenceError, RequestError, detail
 from edge.monitoring.metrics import AgentMetrics
 from edge.serving.slot import ModelSlot
+from edge.version import software_version
 
 __all__ = ["create_app", "HttpServer"]
 
@@ -133,7 +134,9 @@ def create_app(
     async def healthz(_request: Request) -> Response:
         current = slot.current
         model = current.info.model_dump() if current is not None else None  # type: ignore[attr-defined]
-        return JSONResponse({"status": "ok" if model else "no_model", "device_id": device_id, "model": model})
+        return JSONResponse(
+            {"status": "ok" if model else "no_model", "device_id": device_id, "model": model, "version": software_version()}
+        )
 
     async def prometheus(_request: Request) -> Response:
         body, content_type = metrics.exposition()
