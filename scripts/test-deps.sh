@@ -7,7 +7,6 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/
 have mosquitto || need+=(mosquitto mosquitto-clients)   # the real broker of the integration tests
 have strace    || need+=(strace)                         # the no-phone-home test
 have systemd-analyze || need+=(systemd)                # systemd-analyze verify/security of deploy/systemd (tests)
-have python3.11 || need+=(python3.11-venv)              # the light-install and tflite-runtime venvs (tests)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
     echo "missing system packages: ${need[*]} (apt-get install ${need[*]})" >&2; exit 1; fi
