@@ -135,6 +135,15 @@ def main(argv: list[str] | None = None) -> int:
         section = f"## Edge agent: serving latency and throughput\n\nNot measured: {type(exc).__name__}: {exc}\n"
     with open(args.out, "a") as fh:
         fh.write("\n" + section)
+    try:  # issue 13: the light edge install: size, import time, agent RSS, start-to-serving (reported, not fatal)
+        from bench.edge_install import TITLE as edge_install_title
+        from bench.edge_install import run as edge_install
+
+        section = edge_install(args.work / "edge-install")
+    except Exception as exc:  # noqa: BLE001
+        section = f"{edge_install_title}\n\nNot measured: {type(exc).__name__}: {exc}\n"
+    with open(args.out, "a") as fh:
+        fh.write("\n" + section)
     print(args.out.read_text())
     return 0
 
