@@ -113,7 +113,6 @@ class Agent:
                 self.metrics,
                 device_id=self.config.device_id,
                 max_body_bytes=self.config.max_body_bytes,
-                routes=self.serving.routes(),
             )
             self.http = HttpServer(app, host, port)
             self.http.start()

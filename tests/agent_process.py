@@ -66,7 +66,7 @@ def publish(bundle: Path, key: Path, broker: str, *, python: str = sys.executabl
 
 def max_abs_diff(a: Sequence[float], b: Sequence[float]) -> float:
     assert len(a) == len(b), (a, b)
-    return max(abs(x - y) for x, y in zip(a, b))
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
 
 
 class AgentProcess:

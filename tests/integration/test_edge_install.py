@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from tests.agent_process import HEAVY, PROBE, REPO, ensure_edge_venv, parity_bundle
+from tests.agent_process import HEAVY, PROBE, ensure_edge_venv, parity_bundle
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
