@@ -24,6 +24,8 @@ MODULES = [
     "edgeship.commands.provision",
     "edgeship.commands.agent",
     "edgeship.commands.demo",
+    "edgeship.commands.validate",
+    "edgeship.commands.feedback",
 ]
 
 
