@@ -175,9 +175,9 @@ class _App:
             h = self.agent.history(row["store_nbr"], row["item_nbr"], 28)
             plot = pd.DataFrame(
                 {
-                    "date": pd.to_datetime(h["dates"] + [row["date"]]),
-                    "units": h["unit_sales"] + [forecast],
-                    "series": ["actual sales (lag state)"] * len(h["dates"]) + ["forecast"],
+                    "date": pd.to_datetime(h["dates"] + h["dates"][-1:] + [row["date"]]),
+                    "units": h["unit_sales"] + h["unit_sales"][-1:] + [forecast],
+                    "series": ["actual sales (lag state)"] * len(h["dates"]) + ["forecast"] * 2,
                 }
             )
         except AgentError as exc:
@@ -303,7 +303,7 @@ def build(agent_url: str, *, token: str | None = None, validator: str = "") -> g
                                        elem_id="history")  # fmt: skip
             with gr.Accordion("Why this forecast? (explanation on the edge model)", open=False, elem_id="explain-panel"):
                 explain_btn = gr.Button("Explain", elem_id="explain-btn")
-                bars = gr.BarPlot(x="feature", y="contribution", title="Feature contributions (units)", sort="-y",
+                bars = gr.BarPlot(x="feature", y="contribution", title="Feature contributions (units)", sort="-y", x_label_angle=-40,
                                   elem_id="explain-plot")  # fmt: skip
                 explain_md = gr.Markdown(elem_id="explain-text")
             with gr.Group():
