@@ -135,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         section = f"## Edge agent: serving latency and throughput\n\nNot measured: {type(exc).__name__}: {exc}\n"
     with open(args.out, "a") as fh:
         fh.write("\n" + section)
+    try:  # issue 10: the validation app's memory and start time, the agent as reference (reported, not fatal)
+        from bench.validate_app import run as validate_app
+
+        section = validate_app(args.work, result.bundle, pub)
+    except Exception as exc:  # noqa: BLE001
+        section = f"## Validation app: memory and start time\n\nNot measured: {type(exc).__name__}: {exc}\n"
+    with open(args.out, "a") as fh:
+        fh.write("\n" + section)
     print(args.out.read_text())
     return 0
 
