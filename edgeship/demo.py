@@ -48,12 +48,15 @@ class AcceptEveryone(BaseAuthPlugin):  # type: ignore[misc,valid-type]
     class Config:
         pass
 
-    async def authenticate(self, *, session: Any) -> bool:  # noqa: ARG002
+    async def authenticate(self, *, session: Any) -> bool:
+        del session  # amqtt passes it by name; every client is accepted
         return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A port free right now on ``host`` (loopback: 127.0.0.1 or ::1), for a local broker or agent."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
@@ -192,6 +195,7 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
             broker = embedded.url
             print(f"[demo] embedded MQTT broker (amqtt, MQTT 3.1.1) on {broker}")
         procs: list[_AgentProc] = []
+        stop_shelf = None
         stop = threading.Event()
         old_term = signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
@@ -211,6 +215,12 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
                     raise RuntimeError(f"agent {agent.device_id} answered {status}: {answer}")
                 print(f"[demo] {agent.device_id}: model v{health['model']['version']} "
                       f"({health['model'].get('variant')}) predicts {answer['predictions'][0]:.2f} units for {json.dumps(sample)}")  # fmt: skip
+            import datetime as dt  # issue 11: a simulated serial shelf feeds the first agent (edgeship firmware-sim)
+
+            from edgeship.commands.bridge import demo_shelf
+
+            stop_shelf = demo_shelf(procs[0].http, sample["store_nbr"], sample["item_nbr"],
+                                    dt.date.fromisoformat(sample["date"]), work)  # fmt: skip
             print("[demo] URLs:")
             print(f"  broker            {broker}")
             for agent in procs:
@@ -230,6 +240,8 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
             print("[demo] stopping agents and broker")
             return 0
         finally:
+            if stop_shelf is not None:
+                stop_shelf()
             for agent in procs:
                 if agent.proc.poll() is None:
                     agent.proc.send_signal(signal.SIGTERM)
