@@ -36,6 +36,7 @@ from edge.store.crash import crash_point
 from edge.store.gate import GateFailed, gate_predictor
 from edge.runtimes.hardware import Choice, choose, detect
 from edge.serving.http import HttpServer, create_app
+from edge.serving.field_routes import FieldApi
 from edge.serving.ingest_routes import Ingest, ingest_routes
 from edge.monitoring.metrics import AgentMetrics
 from edge.delivery.link import MqttLink
@@ -89,6 +90,7 @@ class Agent:
         # batching, shadow / A-B, online lag state, drift, prediction log (edge.serving.pipeline); telemetry on start
         self.serving = Serving.for_agent(self)
         self.telemetry: Telemetry | None = None
+        self.field = FieldApi.for_agent(self)  # validation app's routes + feedback store (edge.serving.field_routes)
         self.ingest: Ingest | None = None  # sale events and sensor readings (edge.serving.ingest_routes)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -115,7 +117,7 @@ class Agent:
                 self.metrics,
                 device_id=self.config.device_id,
                 max_body_bytes=self.config.max_body_bytes,
-                routes=ingest_routes(self),  # device input: sale events, sensor readings (serial bridge)
+                routes=[*ingest_routes(self), *self.field.routes()],  # serial bridge input; validation app + feedback
             )
             self.http = HttpServer(app, host, port)
             self.http.start()
@@ -163,6 +165,7 @@ class Agent:
         if self.ingest is not None:
             self.ingest.close()
             self.ingest = None
+        self.field.close()
         if self._update_lock.acquire(timeout=timeout):  # let an install in progress finish
             self._update_lock.release()
         self.slot.close()

@@ -227,6 +227,7 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
                 print(f"  {agent.device_id:<16}  predict {agent.http}/v1/predict   health {agent.http}/healthz   "
                       f"metrics {agent.http}/metrics   log {agent.log}")  # fmt: skip
             print(f"  report            {result.report_path}")
+            print(f"  validation app    {_validation_app(procs[0].http)}")  # issue 10: Gradio app on the first agent
             print(f"[demo] ready in {time.perf_counter() - t0:.1f} s")
             if once:
                 return 0
@@ -252,6 +253,17 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
             if embedded is not None:
                 embedded.stop()
             signal.signal(signal.SIGTERM, old_term)
+
+
+def _validation_app(agent_url: str) -> str:
+    """Start the field-validation app (edge.validate_app) for ``agent_url``; its URL, or why not."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        from edge.validate_app.app import launch
+
+        return launch(agent_url, port=0)[1]
+    except Exception as exc:  # noqa: BLE001 - the demo runs without the validate extra
+        return f"not started ({type(exc).__name__}: {exc}; pip install -e '.[validate]')"
 
 
 def _sample_instance(data_dir: Path, state_end: str) -> dict[str, Any]:

@@ -25,6 +25,8 @@ MODULES = [
     "edgeship.commands.agent",
     "edgeship.commands.bridge",
     "edgeship.commands.demo",
+    "edgeship.commands.validate",
+    "edgeship.commands.feedback",
 ]
 
 
