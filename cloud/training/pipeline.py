@@ -93,8 +93,12 @@ def train(
     stores: list[int] | None = None,
     version: int | None = None,
     progress: bool = True,
+    lineage: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Run the whole training pipeline. Raises :class:`GateError` (after writing the report) if a gate fails."""
+    """Run the whole training pipeline. Raises :class:`GateError` (after writing the report) if a gate fails.
+
+    ``lineage``: extra facts merged into the manifest's ``lineage.dataset_source`` (e.g. ``{"fleet": {...}}``
+    from :mod:`cloud.training.retrain`: the base data's and the fleet actuals' hashes)."""
     from cloud.data import loader as favorita
 
     recipe = recipe or load_recipe()
@@ -208,7 +212,7 @@ def train(
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "lineage": {
             "dataset_version": loaded.version,
-            "dataset_source": json.loads(json.dumps(loaded.source, default=str)),
+            "dataset_source": json.loads(json.dumps({**loaded.source, **(lineage or {})}, default=str)),
             "train_window": prep.train_window,
             "validation_window": prep.valid_window,
             "rows": {"train": len(prep.train), "validation": len(valid), "holdout": int(len(holdout_idx))},
