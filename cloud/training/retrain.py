@@ -11,6 +11,9 @@
   Rows stay in date order (the loader relies on it); new rows get ids after the base's highest.
 - the fleet's value per key is the most recently received one across devices
   (:func:`cloud.fleet.actuals.fleet_table`).
+- a store of the base data that no device reported for on the days past the base's end would look
+  closed on those days (no rows = no sales): such stores are logged as a warning and listed in the
+  lineage (``uncovered_stores``); deploy a device per store, or train with ``--stores``.
 
 The folder is named after its content (``<base hash>-<actuals hash>``, first 12 digits each) and is
 written to a temporary folder renamed into place, so a crash leaves no half-written version.
@@ -64,6 +67,7 @@ class MergedDataset:
     replaced: int
     added: int
     removed: int
+    uncovered_stores: tuple[int, ...] = ()
 
     def lineage(self, base_dir: Path, state_dir: Path) -> dict[str, Any]:
         return {
@@ -75,6 +79,7 @@ class MergedDataset:
             "replaced": self.replaced,
             "added": self.added,
             "removed": self.removed,
+            "uncovered_stores": list(self.uncovered_stores),
             "rule": MERGE_RULE,
         }
 
@@ -142,7 +147,25 @@ def build_dataset(
             raise
     else:
         counts = json.loads((target / "fleet_merge.json").read_text())
-    return MergedDataset(target, b_hash, a_hash, len(actuals), counts["replaced"], counts["added"], counts["removed"])
+    uncovered = _uncovered_stores(base, actuals)
+    if uncovered:
+        logger.warning("no fleet actuals from stores %s on the days past the base data: they look closed on those days", uncovered)
+    return MergedDataset(
+        target, b_hash, a_hash, len(actuals), counts["replaced"], counts["added"], counts["removed"], tuple(uncovered)
+    )
+
+
+def _uncovered_stores(base: Path, actuals: list[tuple[str, int, int, float]]) -> list[int]:
+    """Stores of the base data without any actual on the days after the base's last day."""
+    stores = pd.read_csv(base / "stores.csv", usecols=["store_nbr"])["store_nbr"].astype(int).tolist()
+    with open(base / "train.csv", "rb") as fh:  # the last line's date (train.csv is in date order)
+        fh.seek(max(fh.seek(0, 2) - 4096, 0))
+        tail = fh.read().splitlines()
+    last = tail[-1].split(b",")[1].decode() if len(tail) > 1 else ""
+    covered = {s for d, s, _i, _v in actuals if d > last}
+    if not any(d > last for d, *_ in actuals):
+        return []
+    return sorted(set(stores) - covered)
 
 
 def _merge_train(src: Path, dst: Path, actuals: dict[tuple[str, int, int], float], promo: dict[tuple[str, int, int], str]) -> dict[str, int]:

@@ -18,12 +18,14 @@ __all__ = ["MODULES", "Command"]
 MODULES = [
     "edgeship.commands.data",
     "edgeship.commands.train",
+    "edgeship.commands.retrain",
     "edgeship.commands.keys",
     "edgeship.commands.delivery",
     "edgeship.commands.fleet",
     "edgeship.commands.provision",
     "edgeship.commands.agent",
     "edgeship.commands.demo",
+    "edgeship.commands.cycle",
 ]
 
 

@@ -92,6 +92,8 @@ def test_merge_rule_replace_extend_remove_and_hashes(tmp_path):
     merged = build_dataset(base, state, tmp_path / "out")
     assert merged.base_sha256 == base_hash(base) and merged.actuals_sha256 == table_hash(fleet_table(state))
     assert (merged.replaced, merged.added, merged.removed) == (1, 1, 1)
+    # the other store reported nothing past the base's end: it would look closed, and that is said
+    assert merged.uncovered_stores == tuple(s for s in (1, 2) if s != int(t0["store_nbr"]))
     out = pd.read_csv(merged.path / "train.csv", dtype=str, keep_default_na=False)
     assert len(out) == len(train)  # +1 added, -1 removed
     assert list(out["date"]) == sorted(out["date"])  # date order kept
