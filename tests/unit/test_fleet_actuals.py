@@ -52,6 +52,9 @@ def test_ingest_appends_sales_events_deduplicated_and_durable(tmp_path):
     assert state.handle(E.format("store-2"), sales_event("store-2", 1, [row("2017-08-17", 2, 7, 1.5)])) == "ok"
     # a malformed sales event is dropped and counted, never fatal
     assert state.handle(E.format("store-2"), sales_event("store-2", 2, [{"date": "x"}])) == "schema"
+    from tests.unit.test_fleet_ingest import value
+
+    assert value(state, "edgeship_fleet_actuals_rows") == 4.0  # the exporter says how many rows are stored
     lines = (tmp_path / ACTUALS_FILE).read_bytes().splitlines()
     assert len(lines) == 4
     table = fleet_table(tmp_path)
