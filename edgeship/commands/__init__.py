@@ -24,6 +24,7 @@ MODULES = [
     "edgeship.commands.fleet",
     "edgeship.commands.provision",
     "edgeship.commands.agent",
+    "edgeship.commands.bridge",
     "edgeship.commands.demo",
     "edgeship.commands.cycle",
 ]
