@@ -140,6 +140,7 @@ class Agent:
             self.telemetry = telemetry_for_agent(self)
             self.telemetry.attach(self.mqtt)  # events, too, get sequence numbers and the on-disk spool
             self.telemetry.start()
+            self.serving.sales_sink = self.telemetry.actuals  # accepted sales go to the cloud (retraining)
             self.mqtt.start()
         logger.info(
             "agent started",
@@ -158,6 +159,7 @@ class Agent:
             self.mqtt.publish_state()
             self.mqtt.stop(timeout=timeout / 2)
         if self.telemetry is not None:
+            self.serving.sales_sink = None
             self.telemetry.stop()  # what is undelivered stays spooled for the next start
         if self.http is not None:
             self.http.stop(timeout=timeout / 2)

@@ -134,8 +134,12 @@ def train(
     version: int | None = None,
     progress: bool = True,
     feedback: str | os.PathLike[str] | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Run the whole training pipeline. Raises :class:`GateError` (after writing the report) if a gate fails."""
+    """Run the whole training pipeline. Raises :class:`GateError` (after writing the report) if a gate fails.
+
+    ``lineage``: extra facts merged into the manifest's ``lineage.dataset_source`` (e.g. ``{"fleet": {...}}``
+    from :mod:`cloud.training.retrain`: the base data's and the fleet actuals' hashes)."""
     from cloud.data import loader as favorita
 
     recipe = recipe or load_recipe()
@@ -292,7 +296,9 @@ def train(
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "lineage": {
             "dataset_version": loaded.version,
-            "dataset_source": json.loads(json.dumps({**loaded.source, **({"feedback": feedback_info} if feedback_info else {})}, default=str)),
+            "dataset_source": json.loads(json.dumps(
+                {**loaded.source, **({"feedback": feedback_info} if feedback_info else {}), **(lineage or {})}, default=str
+            )),
             "train_window": prep.train_window,
             "validation_window": prep.valid_window,
             "rows": {"train": len(prep.train), "validation": len(valid), "holdout": int(len(holdout_idx))},
