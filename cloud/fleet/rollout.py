@@ -58,7 +58,7 @@ from cloud.fleet.publish import (
     sign_targets,
 )
 from models.envelope import Signed
-from models.messages import DeviceState, ModelAnnouncement, utcnow
+from models.messages import TRANSIENT_REASONS, DeviceState, ModelAnnouncement, utcnow
 from models.targets import Targets, announcement_of
 
 __all__ = [
@@ -79,8 +79,8 @@ STATE_FILE, REGISTRY_FILE, ABORT_FILE = "rollout.json", "registry.json", "abort.
 HEARTBEAT_S = 1.0
 _ALIVE_S = 10.0
 DEFAULT_RULES = ("failed>0", "gate_failed>0")
-#: Device failures that say nothing about the bundle (a retry may succeed): only the timeout catches them.
-_TRANSIENT = {"stalled", "disk", "endless_data"}
+#: Device failures that say nothing about the bundle (models.messages.TRANSIENT_REASONS: a full or
+#: read-only disk, a stalled transfer): the device is unhealthy and retries by itself; never "model bad".
 _PROGRESS = ("assigned", "downloading", "downloaded", "received", "verified", "gate_passed", "active")
 
 
@@ -391,11 +391,15 @@ class Rollout:
                 if kind == "gate_failed":
                     self._set(device, "gate_failed", detail.get("reason") or "gate_failed")
                 elif kind in ("refused", "failed"):
-                    if detail.get("reason") in _TRANSIENT:
-                        self._log("%s: %s %s (transient; waiting)", device, kind, detail.get("reason"))
+                    if detail.get("reason") in TRANSIENT_REASONS:
+                        if rec.get("unhealthy") != detail.get("reason"):
+                            rec["unhealthy"] = detail.get("reason")
+                            self._log("%s: device unhealthy (%s %s); it retries, waiting", device, kind, detail.get("reason"))
                     elif rec["status"] != "active":
                         self._set(device, "failed", detail.get("reason") or kind)
                 elif kind in _PROGRESS and rec["status"] in _PROGRESS:
+                    if kind in ("downloaded", "received", "verified", "gate_passed", "active") and rec.pop("unhealthy", None):
+                        self._log("%s: healthy again (%s)", device, kind)
                     if _PROGRESS.index(kind) > _PROGRESS.index(rec["status"]):
                         self._set(device, kind)
             elif rec["status"] == "rolling_back":
@@ -569,6 +573,16 @@ class Rollout:
             elif now > deadline:
                 with self.lock:
                     late = [f"{d} ({self._device(d)['status']})" for d in wave if self._device(d)["status"] != "active"]
+                    unhealthy = [d for d in wave if self._device(d)["status"] != "active" and self._device(d).get("unhealthy")]
+                if late and len(unhealthy) == len(late) and len(unhealthy) < len(wave):
+                    # only devices with a transient fault of their own (disk full, read-only) are late: the
+                    # model is not at fault; they keep their retained assignment and retry by themselves
+                    for d in unhealthy:
+                        self._set(d, "unhealthy", self._device(d)["unhealthy"])
+                    return None
+                if late and len(unhealthy) == len(late):
+                    why = ", ".join(f"{d} ({self._device(d)['unhealthy']})" for d in unhealthy)
+                    return f"no healthy device in wave {i} within {self.gate_timeout:g} s: {why} (device faults, not the model)"
                 return f"gate timeout: no success from {', '.join(late)} within {self.gate_timeout:g} s"
             self._write(force=False)
             time.sleep(0.05)

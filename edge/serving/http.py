@@ -17,7 +17,8 @@ Endpoints::
                       → 503 {"error": {"code": "no_model", "message"}} while no model is active
     POST /v1/predict:batch, POST /v1/sales   (added by edge.serving.pipeline: bulk rows with per-row errors;
                       actual sales for the online lag state)
-    GET  /healthz     → {"status": "ok" | "no_model", "device_id", "model": {...} | null}
+    GET  /healthz     → {"status": "ok" | "no_model", "device_id", "model": {...} | null,
+                         "disk": {"state": "ok" | "disk_full" | "disk_readonly" | "disk_io", ...} (agent)}
     GET  /metrics     → Prometheus text format
 
 >>> from edge.serving.slot import ModelSlot
@@ -35,7 +36,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvicorn
@@ -90,12 +91,14 @@ def create_app(
     device_id: str,
     max_body_bytes: int = 1 << 20,
     routes: Sequence[BaseRoute] = (),
+    health: Callable[[], dict[str, Any]] | None = None,
 ) -> Starlette:
     """The agent's HTTP app, serving whatever predictor ``slot`` holds at each request.
 
     ``slot`` may be an :class:`edge.serving.pipeline.Serving` (same ``use()``/``current``): its predictors
     offer ``predict_async``, awaited so concurrent requests batch. ``routes`` are added as they are
-    (``POST /v1/predict:batch``, ``POST /v1/sales`` from :meth:`edge.serving.pipeline.Serving.routes`)."""
+    (``POST /v1/predict:batch``, ``POST /v1/sales`` from :meth:`edge.serving.pipeline.Serving.routes`).
+    ``health`` adds ``{"disk": health()}`` to ``/healthz`` (the agent's :meth:`edge.agent.Agent.disk_health`)."""
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
@@ -133,7 +136,10 @@ def create_app(
     async def healthz(_request: Request) -> Response:
         current = slot.current
         model = current.info.model_dump() if current is not None else None  # type: ignore[attr-defined]
-        return JSONResponse({"status": "ok" if model else "no_model", "device_id": device_id, "model": model})
+        body = {"status": "ok" if model else "no_model", "device_id": device_id, "model": model}
+        if health is not None:
+            body["disk"] = health()
+        return JSONResponse(body)
 
     async def prometheus(_request: Request) -> Response:
         body, content_type = metrics.exposition()
