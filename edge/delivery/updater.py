@@ -540,10 +540,11 @@ class Delivery:
             logger.warning("pruning downloads failed: %s", exc)
         return freed
 
-    def _disk_failed(self, ann: ModelAnnouncement, reason: str, message: str) -> None:
-        """A disk fault stopped the transfer or install of ``ann``: report it once, retry after a back-off."""
+    def _disk_failed(self, ann: ModelAnnouncement, reason: str, message: str, *, report: bool = True) -> None:
+        """A disk fault stopped the transfer or install of ``ann``: report it once (``report=False``: the
+        agent already did), retry after a back-off."""
         now = time.monotonic()
-        first = self.disk_fault != reason
+        first = self.disk_fault != reason and report
         if self.disk_fault is None:
             self._disk_fault_at, self._disk_backoff = now, self.config.disk_retry_min_s
         else:
@@ -662,7 +663,7 @@ class Delivery:
                 mine = self._pending is not None and self._pending[1].sha256 == t.announcement.sha256
                 if mine and isinstance(fault, str) and fault in DISK_REASONS:
                     # the complete download stays on disk (edge.delivery.transfer reuses it): retry the install
-                    self._disk_failed(t.announcement, fault, f"installing v{t.announcement.version}: {fault}")
+                    self._disk_failed(t.announcement, fault, f"installing v{t.announcement.version}: {fault}", report=False)
                 elif mine:
                     self._pending = None
                     self._disk_recovered()
