@@ -113,7 +113,7 @@ class Agent:
                 device_id=self.config.device_id,
                 max_body_bytes=self.config.max_body_bytes,
                 routes=self.serving.routes(),
-                health=self.disk_health,
+                health=self.health,
             )
             self.http = HttpServer(app, host, port)
             self.http.start()
@@ -505,6 +505,11 @@ class Agent:
         if self.telemetry is not None:
             out["telemetry_in_memory"] = self.telemetry.spool.memory_only
         return out
+
+    def health(self) -> dict[str, Any]:
+        """What /healthz adds: the disk (:meth:`disk_health`) and whether the clock is believable."""
+        clock_ok = self.mqtt.delivery.clock_ok if self.mqtt is not None else True
+        return {"disk": self.disk_health(), "clock": "ok" if clock_ok else "behind_signed_time"}
 
     def _on_transfer_failed(self, ann: ModelAnnouncement, reason: str, message: str) -> None:
         if reason in TRANSIENT_REASONS:

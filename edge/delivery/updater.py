@@ -30,6 +30,12 @@ than twice the declared size offered in one session, aborts the transfer (``endl
 A transfer with no new chunk for ``chunk_timeout_s`` says so at once (``transfer_stalled`` event
 with what it has and what it waits for), not only when it gives up.
 
+**Clock sanity** (a Pi has no real-time clock: until NTP answers it may believe it is 1970 or the
+time of its last shutdown): time is never taken as earlier than the newest signed ``issued_at`` this
+device verified and acted on (persisted in ``<state>/delivery.json``), so an expired document does
+not become valid again on a clock that went backwards; a clock behind that floor is reported once
+(``clock_wrong`` event with both times, :attr:`Delivery.clock_ok` for ``/healthz``).
+
 **Disk faults** (a Pi's SD card fills up or goes read-only): before a download the free space of
 the state folder's disk is checked against the bundle, room to unpack it and
 ``disk_reserve_bytes``; when short, stale downloads of other bundles and versions beyond
@@ -176,6 +182,7 @@ class Delivery:
         self._disk_backoff = config.disk_retry_min_s
         self._disk_fault_at: float | None = None
         self._stall_reported = False
+        self.clock_ok = True
         #: Called with the bytes still needed when the disk is short of space before a download: the
         #: agent prunes versions beyond keep_versions (set by edge.agent; stale downloads are pruned here).
         self.make_room: Callable[[int], None] | None = None
@@ -359,7 +366,7 @@ class Delivery:
         self._seen[(source, ann.model)] = ann
         stamp = ann.published_at.isoformat()
         try:
-            t = verify_targets(ann.targets, self.trust.keys)
+            t = verify_targets(ann.targets, self.trust.keys, now=self.now())
         except TargetsError as exc:
             self._refuse(ann.version, ann.sha256, exc.reason, str(exc), stamp)
             return
@@ -417,6 +424,25 @@ class Delivery:
                 self._jobs.put(("rollback", (t, ann_eff)))
             else:
                 self._begin(t, ann_eff)  # type: ignore[arg-type]
+
+    def now(self) -> dt.datetime:
+        """The time documents are checked against: the wall clock, but never earlier than the newest
+        signed ``issued_at`` acted on here (a board without an RTC may boot in the past)."""
+        wall = dt.datetime.now(dt.timezone.utc)
+        floor = max(self._issued.values(), default=None)
+        if floor is None or wall >= floor:
+            self.clock_ok = True
+            return wall
+        if self.clock_ok:
+            self.clock_ok = False
+            behind = (floor - wall).total_seconds()
+            logger.error(
+                "the clock says %s, %.0f s before a signed document this device already acted on (%s): "
+                "it is wrong (no RTC, NTP not synced yet?); checking expiry against %s",
+                wall.isoformat(), behind, floor.isoformat(), floor.isoformat(),
+            )  # fmt: skip
+            self._event("clock_wrong", wall=wall.isoformat(), floor=floor.isoformat(), behind_s=round(behind, 3))
+        return floor
 
     def _set_issued(self, t: Targets) -> None:
         if self._issued.get(t.model) == t.issued_at:

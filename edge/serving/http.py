@@ -18,7 +18,8 @@ Endpoints::
     POST /v1/predict:batch, POST /v1/sales   (added by edge.serving.pipeline: bulk rows with per-row errors;
                       actual sales for the online lag state)
     GET  /healthz     → {"status": "ok" | "no_model", "device_id", "model": {...} | null,
-                         "disk": {"state": "ok" | "disk_full" | "disk_readonly" | "disk_io", ...} (agent)}
+                         "disk": {"state": "ok" | "disk_full" | "disk_readonly" | "disk_io", ...},
+                         "clock": "ok" | "behind_signed_time"}  (disk and clock: the agent's health())
     GET  /metrics     → Prometheus text format
 
 >>> from edge.serving.slot import ModelSlot
@@ -98,7 +99,7 @@ def create_app(
     ``slot`` may be an :class:`edge.serving.pipeline.Serving` (same ``use()``/``current``): its predictors
     offer ``predict_async``, awaited so concurrent requests batch. ``routes`` are added as they are
     (``POST /v1/predict:batch``, ``POST /v1/sales`` from :meth:`edge.serving.pipeline.Serving.routes`).
-    ``health`` adds ``{"disk": health()}`` to ``/healthz`` (the agent's :meth:`edge.agent.Agent.disk_health`)."""
+    ``health()``'s keys are added to ``/healthz`` (the agent's :meth:`edge.agent.Agent.health`: disk, clock)."""
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
@@ -138,7 +139,7 @@ def create_app(
         model = current.info.model_dump() if current is not None else None  # type: ignore[attr-defined]
         body = {"status": "ok" if model else "no_model", "device_id": device_id, "model": model}
         if health is not None:
-            body["disk"] = health()
+            body.update(health())
         return JSONResponse(body)
 
     async def prometheus(_request: Request) -> Response:

@@ -260,3 +260,54 @@ def test_complete_download_survives_kill_and_is_reused(tmp_path, mosquitto, bund
         agent.stop()
         w.close()
         pub.close()
+
+
+# -- the other faults of issue 15 -----------------------------------------------------------
+def test_clock_behind_signed_time_is_reported_and_never_revives_an_expired_target(tmp_path, mosquitto, bundles):
+    """A board without an RTC boots with its clock in the past: the newest signed time this device
+    acted on (persisted) is the floor, so a target that expired by then is refused, and the wrong
+    clock is reported (event, /healthz)."""
+    import datetime as dt
+    import json
+
+    paths, k = bundles
+    state = tmp_path / DEVICE
+    state.mkdir()
+    floor = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)  # acted on a target issued "later" than now
+    (state / "delivery.json").write_text(json.dumps({"issued": {"other-model": floor.isoformat()}}))
+    w = Watcher(mosquitto.url)
+    pub = Publisher(mosquitto.url).connect()
+    agent = _agent(state, mosquitto.url, k)
+    try:
+        ann = ship(pub, paths[1], k.private, chunk_size=CHUNK, expires_in=86400.0)  # valid for 1 day by the wall clock
+        refused = w.wait(DEVICE, "refused", version=1)
+        assert refused["detail"]["reason"] == "expired"
+        event = w.wait(DEVICE, "clock_wrong")
+        assert event["detail"]["floor"] == floor.isoformat() and event["detail"]["behind_s"] > 86400
+        assert _health(agent)["clock"] == "behind_signed_time"
+        assert agent.predictor is None and ann.sha256 not in agent.refused  # metadata refusal, not the bundle's
+    finally:
+        agent.stop()
+        w.close()
+        pub.close()
+
+
+def test_stalled_transfer_raises_an_event_within_the_chunk_timeout(tmp_path, mosquitto, bundles):
+    """A broker that lost its retained chunks (no working persistence) and no bundle server: the
+    device says so after ``chunk_timeout_s``, not minutes later when it gives up."""
+    paths, k = bundles
+    w = Watcher(mosquitto.url)
+    pub = Publisher(mosquitto.url).connect()
+    agent = _agent(tmp_path / DEVICE, mosquitto.url, k, chunk_timeout_s=1.0, transfer_retries=100)
+    try:
+        ann = ship(pub, paths[1], k.private, chunk_size=CHUNK, chunks=False)  # announcement only: no chunk retained
+        stalled = w.wait(DEVICE, "transfer_stalled", version=1)
+        assert stalled["detail"]["have"] == 0 and stalled["detail"]["total"] == len(ann.chunk_sha256)
+        assert stalled["detail"]["waiting"]
+        assert not w.of(DEVICE, "failed")  # reported long before the transfer is abandoned
+        wait_for(lambda: w.fetch_requests(DEVICE) >= 2, "re-requests")
+        assert len(w.of(DEVICE, "transfer_stalled")) == 1  # one event per stall, not one per re-request
+    finally:
+        agent.stop()
+        w.close()
+        pub.close()
