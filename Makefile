@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= edge,cloud,dev
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench venv mosquitto clean help
+.PHONY: demo test test-random lint bench venv mosquitto clean help
 
 help:
 	@echo "make demo   - the whole system on embedded defaults (synthetic data, embedded broker, two agents)"
-	@echo "make test   - unit and integration tests (starts its own Mosquitto on loopback ports)"
+	@echo "make test   - lint, then unit and integration tests (starts its own Mosquitto on loopback ports)"
+	@echo "make lint   - ruff and vulture (configured in pyproject.toml)"
 	@echo "make bench  - benchmarks, written to BENCHMARKS.md"
 
 venv: $(STAMP)
@@ -34,8 +35,15 @@ mosquitto:
 demo: venv
 	ORT_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/edgeship demo
 
-test: venv mosquitto
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/vulture
+
+test: venv mosquitto lint
 	ORT_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-random: venv mosquitto
+	ORT_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest -o addopts="" -p randomly $(PYTEST_ARGS)
 
 bench: venv mosquitto
 	ORT_DISABLE_TELEMETRY=1 $(BIN)/python -m bench.run

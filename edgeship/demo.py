@@ -48,12 +48,15 @@ class AcceptEveryone(BaseAuthPlugin):  # type: ignore[misc,valid-type]
     class Config:
         pass
 
-    async def authenticate(self, *, session: Any) -> bool:  # noqa: ARG002
+    async def authenticate(self, *, session: Any) -> bool:
+        del session  # amqtt passes it by name; every client is accepted
         return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A port free right now on ``host`` (loopback: 127.0.0.1 or ::1), for a local broker or agent."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 

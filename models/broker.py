@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import threading
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
-__all__ = ["BrokerURL", "new_client"]
+__all__ = ["connect_and_wait", "BrokerURL", "new_client"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,3 +83,23 @@ def new_client(client_id: str, url: BrokerURL, *, clean_session: bool = True) ->
 
     client.on_socket_open = _nodelay
     return client
+
+
+def connect_and_wait(
+    client: mqtt.Client, url: BrokerURL, connected: threading.Event, *, timeout: float = 15.0,
+    keepalive: int = 30, refused: Callable[[], str | None] = lambda: None,
+) -> None:
+    """Connect ``client`` (blocking), start its network loop and wait for ``connected`` (set by its
+    ``on_connect``). Raises :class:`ConnectionError` naming the broker and why; the loop is stopped then.
+
+    The cloud's short-lived clients (publisher, fleet view, rollout controller) use this; the agent's
+    long-lived link connects with ``connect_async`` and reconnects on its own.
+    """
+    try:
+        client.connect(url.host, url.port, keepalive=keepalive)
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach broker {url}: {exc}") from exc
+    client.loop_start()
+    if not connected.wait(timeout):
+        client.loop_stop()
+        raise ConnectionError(f"broker {url} did not accept the connection within {timeout:.0f} s ({refused() or 'timeout'})")

@@ -601,7 +601,7 @@ class _AtomicText:
     def __enter__(self) -> TextIO:
         return self.fh
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type, exc, _tb) -> None:
         try:
             if exc_type is None:
                 self.fh.flush()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import io
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from cloud.training.metrics import weights
 from cloud.training.prepare import prepare
 from models.contract import LAG_WINDOW_DAYS
 from models.features import Encoded
+from models.holdout import write_holdout
 from models.fsutil import atomic_write_bytes
 from models.manifest import ContractInfo, canonical_json
 from models.recipes import VARIANTS, Recipe, load_recipe
@@ -76,12 +76,6 @@ def next_version(out_dir: Path, name: str) -> int:
         if meta.get("name") == name:
             highest = max(highest, int(meta.get("version", 0)))
     return highest + 1
-
-
-def _npz(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -203,13 +197,10 @@ def train(
     members["tables.json"] = canonical_json(prep.tables.to_json())
     state = prep.matrix.state()
     members["state.npz"] = state.to_bytes()
-    members["holdout.npz"] = _npz(
-        cat=valid.x.cat[holdout_idx],
-        num=valid.x.num[holdout_idx],
-        y=valid.y[holdout_idx],
-        weight=weights(valid.perishable[holdout_idx]).astype(np.float32),
-        **{f"pred_{k.replace('-', '_')}": v.astype(np.float32) for k, v in holdout_preds.items()},
-    )
+    members["holdout.npz"] = write_holdout(
+        valid.x.cat[holdout_idx], valid.x.num[holdout_idx], valid.y[holdout_idx],
+        weights(valid.perishable[holdout_idx]), holdout_preds,
+    )  # fmt: skip
     members["reference_stats.json"] = canonical_json(reference_stats(prep.train.x))
     manifest_fields = {
         "name": recipe.name,

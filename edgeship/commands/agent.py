@@ -6,6 +6,8 @@ Only :mod:`edge` and :mod:`models` are imported here, so it runs with the ``edge
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Sequence
 import logging
 import signal
 import threading
@@ -138,16 +140,13 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from edge.store.versions import rollback_cli
-
-    return rollback_cli(args.rb_state_dir, trust=args.rb_trust, trust_root=args.rb_trust_root, to=args.rb_to)
+    return rollback_offline(args.rb_state_dir, trust=args.rb_trust, trust_root=args.rb_trust_root, to=args.rb_to)
 
 
 def _run(args: argparse.Namespace) -> int:
     """``edgeship agent ...``: run until SIGINT/SIGTERM. Logs JSON lines to stderr; prints the HTTP URL.
 
-    ``edgeship agent rollback --state-dir DIR --trust PUBKEY`` goes back one model version instead
-    (offline, on the store; see :mod:`edge.store.versions`)."""
+    ``edgeship agent rollback`` (:func:`rollback_offline`) goes back one version instead."""
     from edge.agent import Agent
 
     missing = [f"--{n.replace('_', '-')}" for n in ("device_id", "state_dir") if getattr(args, n) is None]
@@ -164,8 +163,8 @@ def _run(args: argparse.Namespace) -> int:
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda signum, _frame: (stop.set(), reload.set()))
-        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda signum, _frame: reload.set())
+            previous[sig] = signal.signal(sig, lambda _signum, _frame: (stop.set(), reload.set()))
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _signum, _frame: reload.set())
     try:
         try:
             agent = Agent(config).start()
@@ -189,3 +188,35 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def rollback_offline(
+    state_dir: Path, *, trust: Sequence[Path] = (), trust_root: Sequence[Path] = (), to: int | None = None
+) -> int:
+    """``edgeship agent rollback``: 0 rolled back, 1 nothing to go back to, 2 bad arguments.
+
+    Runs on the device with the agent stopped (or followed by SIGHUP): an atomic repoint of the store's
+    ``active.json`` to the previous activated version that still verifies against the trusted keys.
+    """
+    from edge.delivery.trust import TrustStore
+    from edge.store.model_store import ModelStore
+    from edge.store.versions import RollbackError, VersionHistory, recover, rollback
+
+    state_dir = Path(state_dir)
+    if not (state_dir / "models").is_dir():
+        return error(f"{state_dir} holds no model store")
+    try:
+        keys = TrustStore(state_dir, pinned=list(trust), roots=list(trust_root)).keys
+    except (OSError, ValueError) as exc:
+        return error(f"cannot load --trust / --trust-root: {exc}")
+    if not keys:
+        return error("no trusted key: give --trust PUBKEY (or --trust-root with a stored key list)")
+    store, history = ModelStore(state_dir, keys), VersionHistory(state_dir)
+    try:
+        if not history.exists:
+            recover(store, history)  # a store from before history.json: record the active version
+        old, new = rollback(store, history, to)
+    except RollbackError as exc:
+        return error(str(exc), 1)
+    print(json.dumps({"rolled_back_from": old, "active": new, "state_dir": str(state_dir)}))
+    return 0
