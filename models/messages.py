@@ -124,6 +124,13 @@ class ChunkRequest(_Message):
     ranges: list[tuple[int, int]] = Field(
         min_length=1, max_length=64, description="Half-open [start, end) chunk index ranges still missing."
     )
+    chunk_size: int | None = Field(
+        default=None,
+        gt=0,
+        le=16 * 2**20,
+        description="The chunking of the signed announcement the device follows (a bundle server re-chunks to "
+        "it, so publisher, server and rollout need no agreed --chunk-size); None: the server's own.",
+    )
     at: dt.datetime = Field(default_factory=utcnow)
 
 

@@ -742,7 +742,10 @@ class Delivery:
                 # ask for everything still missing (the broker may have lost all of it: a restart
                 # without persistence); the server re-publishes retained, this device still pulls a window
                 wanted = ranges(waiting + [i for i in self._missing if not t.has(i)])[:64]
-                request = ChunkRequest(device_id=self.config.device_id, bundle_id=t.bundle_id, ranges=wanted)
+                request = ChunkRequest(
+                    device_id=self.config.device_id, bundle_id=t.bundle_id, ranges=wanted,
+                    chunk_size=t.announcement.chunk_size,  # from the signed targets: the server re-chunks to it
+                )  # fmt: skip
                 self.client.publish(self.fetch_topic, request.model_dump_json(), qos=1)
                 self.stats["fetch_requests"] += 1
                 chunk_topics = [topics.bundle_chunk(self.config.fleet, t.bundle_id, i) for i in waiting]

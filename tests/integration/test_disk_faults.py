@@ -311,3 +311,24 @@ def test_stalled_transfer_raises_an_event_within_the_chunk_timeout(tmp_path, mos
         agent.stop()
         w.close()
         pub.close()
+
+
+def test_chunking_travels_with_the_signed_announcement(tmp_path, mosquitto, bundles):
+    """A bundle server started with another chunk size than the publisher's still heals a transfer:
+    the device's chunk request names the chunking its signed announcement declares."""
+    from cloud.fleet.publish import read_bundle
+
+    paths, k = bundles
+    server = Publisher(mosquitto.url).connect()
+    server.serve(read_bundle(paths[1]))  # the default 64 KiB chunks
+    pub = Publisher(mosquitto.url).connect()
+    agent = _agent(tmp_path / DEVICE, mosquitto.url, k, chunk_timeout_s=1.0, transfer_retries=100)
+    try:
+        ann = ship(pub, paths[1], k.private, chunk_size=CHUNK, chunks=False)  # 16 KiB chunks, none retained
+        wait_for(lambda: _serving(agent, 1), "v1 served from the bundle server's re-chunked answers", timeout=45)
+        assert agent.mqtt.delivery.stats["chunks"] == len(ann.chunk_sha256)
+        assert server.answered_chunks >= len(ann.chunk_sha256)
+    finally:
+        agent.stop()
+        server.close()
+        pub.close()
