@@ -464,6 +464,8 @@ class Rollout:
         current = status(self.state_dir)
         if current and current.get("controller_alive"):
             raise RolloutError(f"rollout {current['id']} is still running (edgeship rollout abort, or wait)")
+        # a controller killed mid-rollout (same bundle): pick its waves up where they stopped
+        resume = current if current and current.get("phase") in ("running", "aborting") and current.get("sha256") == self.bundle.sha256 else None
         (self.state_dir / ABORT_FILE).unlink(missing_ok=True)
         b = self.bundle
         _register(self.state_dir, b)
@@ -474,6 +476,8 @@ class Rollout:
         try:
             pub.connect()
             view.wait_quiet(quiet=0.5, at_most=self.discover_s)
+            if resume is not None:
+                return self._resume(resume, pub)
             return self._run(view, pub)
         finally:
             pub.close()
@@ -523,13 +527,37 @@ class Rollout:
             return self.state
         self._log("rollout %s: %d devices in %d waves %s", self.id, len(eligible), len(waves), [len(w) for w in waves])
         self._write()
+        return self._waves(pub, 0)
+
+    def _resume(self, saved: dict[str, Any], pub: Publisher) -> dict[str, Any]:
+        """Continue the rollout a killed controller saved: its id, plan and device records; waves that
+        succeeded stay done, the running one is assigned again (idempotent for devices already on it)."""
+        saved.pop("controller_alive", None)
+        self.state, self.id = saved, saved["id"]
+        self.state["pid"] = os.getpid()
+        start = next((i for i, w in enumerate(saved["waves"]) if w["status"] != "succeeded"), len(saved["waves"]))
+        self._log("controller restarted: resuming rollout %s at wave %d (phase %s)", self.id, start, saved["phase"])
+        # what devices did while no controller watched: their retained state (read during discovery)
+        for d, v in (self._view.snapshot() if self._view is not None else {}).items():
+            if d in self.state["devices"] and v.state is not None:
+                self._on_device(d, "state", v.state)
+        self._write()
+        if saved["phase"] == "aborting":
+            return self._abort(pub, saved.get("reason") or "resumed abort")
+        return self._waves(pub, start)
+
+    def _waves(self, pub: Publisher, start: int) -> dict[str, Any]:
+        b = self.bundle
+        waves = [w["devices"] for w in self.state["waves"]]
         pub.put_chunks(b)
         pub.serve(b)
         if self.keys is not None:
             pub.publish_keylist(self.keys)
-        for i, wave in enumerate(waves):
+        for i, wave in enumerate(waves[start:], start):
             self.state["waves"][i]["status"] = "running"
             for d in wave:
+                if self._device(d)["status"] == "active":
+                    continue  # reached before the controller was restarted
                 t, env = sign_targets(self.key, bundle=b, fleet=self.fleet, devices=[d], rollout=self.id, expires_in=self.expires_in)
                 pub.assign(d, announcement_of(t, env, self.keys), rollout=self.id)
                 self._set(d, "assigned", assigned_at=utcnow().isoformat())

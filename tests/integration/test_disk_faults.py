@@ -332,3 +332,53 @@ def test_chunking_travels_with_the_signed_announcement(tmp_path, mosquitto, bund
         agent.stop()
         server.close()
         pub.close()
+
+
+def test_rollout_controller_killed_mid_rollout_resumes_its_waves(tmp_path, mosquitto, bundles):
+    """``kill -9`` of ``edgeship rollout start`` during the canary's soak; started again, the
+    controller resumes the same rollout (its id, its plan), sees the canary already active and
+    rolls the next wave out."""
+    import json
+    import signal
+
+    from cloud.fleet.rollout import Rollout, status
+
+    paths, k = bundles
+    pub = Publisher(mosquitto.url).connect()
+    agents = {d: _agent(tmp_path / d, mosquitto.url, k, device_id=d) for d in ("store-a", "store-b")}
+    ctl = tmp_path / "ctl"
+    try:
+        ship(pub, paths[1], k.private, chunk_size=CHUNK)
+        for a in agents.values():
+            wait_for(lambda a=a: _serving(a, 1), "v1 everywhere", timeout=30)
+        cmd = [sys.executable, "-m", "edgeship", "rollout", "start", str(paths[2]), "--broker", mosquitto.url,
+               "--key", str(k.key_path), "--state-dir", str(ctl), "--canary", "1", "--soak", "600",
+               "--discover", "1", "--gate-timeout", "60"]  # fmt: skip
+        with open(tmp_path / "ctl.log", "wb") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
+        try:
+            canary = wait_for(
+                lambda: (s := status(ctl)) and [d for d, r in s["devices"].items() if r["status"] == "active"],
+                "the canary active (the controller now soaks)", timeout=60,
+            )  # fmt: skip
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        wait_for(lambda: not status(ctl)["controller_alive"], "the dead controller's heartbeat to go stale", timeout=30)
+        dead = json.loads((ctl / "rollout.json").read_text())
+        assert dead["phase"] == "running" and dead["waves"][1]["status"] == "pending"
+        result = Rollout(paths[2], mosquitto.url, key=k.key_path, state_dir=ctl, canary=1, discover_s=1.0,
+                         gate_timeout=60).run()  # fmt: skip
+        assert result["phase"] == "succeeded", result
+        assert result["id"] == dead["id"] and [w["devices"] for w in result["waves"]] == [w["devices"] for w in dead["waves"]]
+        assert any("resuming rollout" in line for line in result["log"])
+        for a in agents.values():
+            wait_for(lambda a=a: _serving(a, 2), "v2 everywhere", timeout=30)
+        assert canary[0] in result["waves"][0]["devices"]
+    finally:
+        for a in agents.values():
+            a.stop()
+        pub.close()
