@@ -36,6 +36,7 @@ from edge.store.crash import crash_point
 from edge.store.gate import GateFailed, gate_predictor
 from edge.runtimes.hardware import Choice, choose, detect
 from edge.serving.http import HttpServer, create_app
+from edge.serving.ingest_routes import Ingest, ingest_routes
 from edge.monitoring.metrics import AgentMetrics
 from edge.delivery.link import MqttLink
 from edge.serving.mqtt import MqttServing
@@ -87,6 +88,7 @@ class Agent:
         # batching, shadow / A-B, online lag state, drift, prediction log (edge.serving.pipeline); telemetry on start
         self.serving = Serving.for_agent(self)
         self.telemetry: Telemetry | None = None
+        self.ingest: Ingest | None = None  # sale events and sensor readings (edge.serving.ingest_routes)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> Agent:
@@ -112,7 +114,7 @@ class Agent:
                 self.metrics,
                 device_id=self.config.device_id,
                 max_body_bytes=self.config.max_body_bytes,
-                routes=self.serving.routes(),
+                routes=ingest_routes(self),  # device input: sale events, sensor readings (serial bridge)
                 health=self.health,
             )
             self.http = HttpServer(app, host, port)
@@ -159,6 +161,9 @@ class Agent:
         if self.http is not None:
             self.http.stop(timeout=timeout / 2)
         self.serving.stop()
+        if self.ingest is not None:
+            self.ingest.close()
+            self.ingest = None
         if self._update_lock.acquire(timeout=timeout):  # let an install in progress finish
             self._update_lock.release()
         self.slot.close()

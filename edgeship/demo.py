@@ -195,6 +195,7 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
             broker = embedded.url
             print(f"[demo] embedded MQTT broker (amqtt, MQTT 3.1.1) on {broker}")
         procs: list[_AgentProc] = []
+        stop_shelf = None
         stop = threading.Event()
         old_term = signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
@@ -214,6 +215,12 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
                     raise RuntimeError(f"agent {agent.device_id} answered {status}: {answer}")
                 print(f"[demo] {agent.device_id}: model v{health['model']['version']} "
                       f"({health['model'].get('variant')}) predicts {answer['predictions'][0]:.2f} units for {json.dumps(sample)}")  # fmt: skip
+            import datetime as dt  # issue 11: a simulated serial shelf feeds the first agent (edgeship firmware-sim)
+
+            from edgeship.commands.bridge import demo_shelf
+
+            stop_shelf = demo_shelf(procs[0].http, sample["store_nbr"], sample["item_nbr"],
+                                    dt.date.fromisoformat(sample["date"]), work)  # fmt: skip
             print("[demo] URLs:")
             print(f"  broker            {broker}")
             for agent in procs:
@@ -232,6 +239,8 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
             print("[demo] stopping agents and broker")
             return 0
         finally:
+            if stop_shelf is not None:
+                stop_shelf()
             for agent in procs:
                 if agent.proc.poll() is None:
                     agent.proc.send_signal(signal.SIGTERM)

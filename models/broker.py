@@ -53,16 +53,17 @@ class BrokerURL:
         return f"{self.scheme}://{host}:{self.port}"
 
 
-def new_client(client_id: str, url: BrokerURL, *, clean_session: bool = True) -> mqtt.Client:
+def new_client(client_id: str, url: BrokerURL, *, clean_session: bool = True, protocol: int = mqtt.MQTTv311) -> mqtt.Client:
     """A paho client for ``url``: MQTT 3.1.1, VERSION2 callbacks, TLS and credentials if configured.
 
     Connect it yourself (after ``will_set``) with ``client.connect(url.host, url.port)``.
+    ``protocol=mqtt.MQTTv5`` only for v5-only extras (the fleet ingest's shared subscriptions).
     """
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        protocol=mqtt.MQTTv311,
-        clean_session=clean_session,
+        protocol=protocol,
+        clean_session=clean_session if protocol != mqtt.MQTTv5 else None,
     )
     user = os.environ.get("EDGESHIP_MQTT_USERNAME")
     if user:

@@ -495,7 +495,10 @@ def for_agent(agent: Any) -> Telemetry:
                     requests[key] = requests.get(key, 0) + s.value
         data: dict[str, Any] = {
             "status": agent.device_state().status,
-            "model": None if current is None else {"version": current.version, "digest": current.digest},
+            "model": None if current is None else {"version": current.version, "digest": current.digest,
+                                                   "name": current.name, "variant": current.variant},
+            "metrics": agent.metrics.summary(),  # counters + latency histograms for the fleet exporter
+            "store": c.attributes.get("store_nbr") or c.attributes.get("store"),
             "requests": requests,
             "rss_bytes": _rss_bytes(),
             "disk": agent.disk_health(),

@@ -23,6 +23,7 @@ MODULES = [
     "edgeship.commands.fleet",
     "edgeship.commands.provision",
     "edgeship.commands.agent",
+    "edgeship.commands.bridge",
     "edgeship.commands.demo",
 ]
 
