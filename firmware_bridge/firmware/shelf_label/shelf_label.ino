@@ -35,7 +35,7 @@ static void send_hello() {
   h.capabilities = 0x0F;
   uint8_t p[ESP_MAX_PAYLOAD];
   send(ESP_HELLO, p, esp_hello_encode(&h, p), next_seq++);
-  esp_u32msg t = {millis()};
+  esp_u32msg t = {(uint32_t)millis()};
   send(ESP_TIME_REQUEST, p, esp_u32msg_encode(&t, p), next_seq++);
 }
 
