@@ -139,26 +139,36 @@ def test_queue_persists_sales_while_the_agent_is_down(agent, tmp_path):
         bridge.stop()
 
 
-def _bridge_proc(tmp_path: Path, agent_url: str) -> subprocess.Popen:
+def _bridge_proc(tmp_path: Path, agent_url: str, crash_at: str | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "edgeship", "bridge", "--serial", str(tmp_path / "shelf"), "--agent", agent_url,
            "--state-dir", str(tmp_path / "bridge"), "--date", str(DAY), "--log-level", "warning"]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "bridge.log", "ab"), env=os.environ.copy())
+    env = {k: v for k, v in os.environ.items() if k != "EDGESHIP_CRASH_AT"}
+    if crash_at is not None:
+        env["EDGESHIP_CRASH_AT"] = crash_at
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "bridge.log", "ab"), env=env)
 
 
 def test_kill_9_of_the_bridge_loses_and_doubles_nothing(agent, tmp_path):
+    """The bridge is SIGKILLed right after the agent accepted the 40th sale, before it dequeued or acked it:
+    the device re-sends it with the same seq and the restarted bridge's queue retries it too, so only the
+    agent's deduplication keeps it from being counted twice; sales made while the bridge is down wait."""
     sim = start_sim(tmp_path, rate=60, max_sales=240, seed=3)
-    proc = _bridge_proc(tmp_path, agent.http_url)
+    proc = _bridge_proc(tmp_path, agent.http_url, crash_at="bridge_after_accept_40")
     try:
-        wait_for(lambda: sim.stats.acked >= 40, "sales flowing", timeout=60)
-        proc.send_signal(signal.SIGKILL)  # mid-stream: some sales queued, some accepted but not acked
-        proc.wait(10)
-        wait_for(lambda: sim.stats.sent >= 120, "the device keeps selling while the bridge is down")
+        assert proc.wait(90) == -signal.SIGKILL  # it killed itself at the crash point
+        accepted_before = metric(agent, "edgeship_sale_events_total", transport="serial", outcome="accepted")
+        assert accepted_before >= 40
+        wait_for(lambda: sim.stats.sent >= 120, "the device keeps selling while the bridge is down", timeout=60)
+        assert sim.pending > 0  # at least the 40th (accepted by the agent, never acked)
         proc = _bridge_proc(tmp_path, agent.http_url)
         wait_for(lambda: sim.stats.sent == 240 and sim.pending == 0, "every sale acked after the restart", timeout=90)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
         sim.stop()
+    log = (tmp_path / "bridge.log").read_text()
+    assert "crash point bridge_after_accept_40: SIGKILL" in log
     assert sim.stats.refused == 0 and sim.stats.acked == 240
     sent: dict[tuple[int, int, str], float] = dict(sim.stats.acked_units)
     for (store, item, day), units in sent.items():
@@ -166,3 +176,5 @@ def test_kill_9_of_the_bridge_loses_and_doubles_nothing(agent, tmp_path):
         assert lag_value(agent, store, item, dt.date.fromisoformat(day)) == pytest.approx(np.log1p(units), rel=1e-6)
     accepted = metric(agent, "edgeship_sale_events_total", transport="serial", outcome="accepted")
     assert accepted == 240  # each sale counted once, however often it was re-sent
+    # because the re-sent 40th (and any other re-send of an accepted sale) was answered "duplicate"
+    assert metric(agent, "edgeship_sale_events_total", transport="serial", outcome="duplicate") >= 1
