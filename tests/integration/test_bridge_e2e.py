@@ -178,3 +178,84 @@ def test_kill_9_of_the_bridge_loses_and_doubles_nothing(agent, tmp_path):
     assert accepted == 240  # each sale counted once, however often it was re-sent
     # because the re-sent 40th (and any other re-send of an accepted sale) was answered "duplicate"
     assert metric(agent, "edgeship_sale_events_total", transport="serial", outcome="duplicate") >= 1
+
+
+def test_cli_simulator_on_tcp_feeds_the_agent_through_a_socket_url(agent, tmp_path):
+    """``edgeship firmware-sim --tcp 0`` → ``edgeship bridge --serial socket://127.0.0.1:PORT`` → the real agent."""
+    env = {k: v for k, v in os.environ.items() if k != "EDGESHIP_CRASH_AT"}
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "edgeship", "firmware-sim", "--tcp", "0", "--item-ids", ",".join(map(str, ITEMS)),
+         "--store", "1", "--rate", "20", "--once", "25", "--seed", "5", "--device-id", "tcp-shelf"],
+        stdout=subprocess.PIPE, stderr=open(tmp_path / "sim.log", "ab"), text=True, env=env,
+    )  # fmt: skip
+    bridge = None
+    try:
+        assert sim.stdout is not None
+        first = sim.stdout.readline()
+        assert first.startswith("firmware-sim: device tcp-shelf on socket://127.0.0.1:"), first
+        url = first.split(" on ")[1].strip()
+        metrics_port = free_port()
+        bridge = subprocess.Popen(
+            [sys.executable, "-m", "edgeship", "bridge", "--serial", url, "--agent", agent.http_url, "--state-dir",
+             str(tmp_path / "bridge"), "--date", str(DAY), "--metrics-port", str(metrics_port), "--log-level", "warning"],
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "bridge.log", "ab"), env=env,
+        )  # fmt: skip
+        out, _ = sim.communicate(timeout=120)
+        assert sim.returncode == 0, (tmp_path / "sim.log").read_text()
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["acked"] == 25 and summary["refused"] == 0
+        units = {tuple(k.split("/")): v for k, v in summary["units"].items()}
+        assert {day for _, _, day in units} == {str(DAY)}  # the bridge's --date reached the device by time sync
+        for (store, item, day), n in units.items():
+            assert agent.ingest.ledger.total(int(store), int(item), day) == pytest.approx(n)
+        assert metric(agent, "edgeship_sale_events_total", transport="serial", outcome="accepted") == 25
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        assert 'edgeship_bridge_frames_in_total{type="Sale"}' in text
+        assert "edgeship_bridge_sales_total" in text and 'outcome="accepted"' in text
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+            sim.wait(10)
+        if bridge is not None:
+            bridge.send_signal(signal.SIGTERM)
+            assert bridge.wait(15) == 0, (tmp_path / "bridge.log").read_text()
+
+
+def test_several_devices_on_one_bridge_and_a_replug(agent, tmp_path):
+    """Two shelves (one link each) in one bridge process: both number their frames from 1, yet neither's
+    sales are taken for the other's duplicates, and each gets only its own acks; one is unplugged with a
+    sale pending, replugged, and the sale arrives once."""
+    a = DeviceSim(PtyTransport(tmp_path / "shelf-a"), items=ITEMS, store=1, rate=0, retry_s=0.3, device_id="shelf-a").start()
+    b = DeviceSim(PtyTransport(tmp_path / "shelf-b"), items=ITEMS, store=1, rate=0, retry_s=0.3, device_id="shelf-b").start()
+    bridge = Bridge([str(tmp_path / "shelf-a"), str(tmp_path / "shelf-b")], agent.http_url, tmp_path / "bridge",
+                    clock=Clock(DAY)).start()  # fmt: skip
+    try:
+        wait_for(lambda: a.synced and b.synced, "both devices synced")
+        seqs_a = [a.sell(103520, q) for q in (1, 2)]
+        seqs_b = [b.sell(103520, q) for q in (10, 20)]
+        assert seqs_a == seqs_b  # the same sequence numbers: the key is device/boot/seq
+        wait_for(lambda: a.stats.acked == 2 and b.stats.acked == 2, "each device's sales acked")
+        assert agent.ingest.ledger.total(1, 103520, str(DAY)) == 33
+        assert a.stats.acked_units[(1, 103520, str(DAY))] == 3 and b.stats.acked_units[(1, 103520, str(DAY))] == 30
+        assert not a.stats.nacks and not b.stats.nacks
+        assert [d.device_id for d in bridge.devices] == ["shelf-a", "shelf-b"]
+
+        sample = bridge.metrics.registry.get_sample_value
+        connects = sample("edgeship_bridge_link_connects_total")
+        b.unplug()
+        wait_for(lambda: not bridge.devices[1].link.connected.is_set(), "the bridge noticed the unplug")
+        b.sell(105574, 5)  # written into the void: the pty is gone
+        assert b.pending == 1
+        a.sell(105574, 1)  # the other shelf is unaffected
+        wait_for(lambda: a.stats.acked == 3, "shelf-a still served")
+        b.replug()
+        wait_for(lambda: b.pending == 0 and b.stats.acked == 3, "the pending sale re-sent and acked after the replug")
+        assert sample("edgeship_bridge_link_connects_total") >= connects + 1
+        assert sample("edgeship_bridge_link_disconnects_total") >= 1
+        assert agent.ingest.ledger.total(1, 105574, str(DAY)) == 6
+        assert metric(agent, "edgeship_sale_events_total", transport="serial", outcome="accepted") == 6
+    finally:
+        bridge.stop()
+        a.stop()
+        b.stop()
