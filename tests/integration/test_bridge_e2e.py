@@ -26,6 +26,7 @@ from firmware_bridge.sim import DeviceSim, PtyTransport
 from models.signing import generate_keypair
 from tests.bundle_kit import STATE_END, build_bundle, real_models
 from tests.conftest import free_port, require, wait_for
+from tests.firmware_kit import SketchProcess, build_sketch
 
 DAY = dt.date.fromisoformat(STATE_END) + dt.timedelta(days=1)  # the shop's business day: the day after the bundle's state
 ITEMS = [103520, 105574]
@@ -259,3 +260,46 @@ def test_several_devices_on_one_bridge_and_a_replug(agent, tmp_path):
         bridge.stop()
         a.stop()
         b.stop()
+
+
+class _Noon(Clock):
+    """DAY at 12:00 shop time, whatever the wall clock says (the sketch's simulated minutes stay on DAY)."""
+
+    def local_seconds(self) -> int:
+        return (DAY - dt.date(1970, 1, 1)).days * 86400 + 12 * 3600
+
+
+def test_the_compiled_sketch_through_the_bridge_into_the_agent(agent, tmp_path):
+    """The reference firmware itself (g++ on the host, Arduino stand-in) on a pty: its hello reaches the bridge,
+    its forecast request is answered, a button press becomes one sale in the agent's lag state; after a
+    bridge restart it introduces itself again when the new bridge says hello, and sells on."""
+    exe = build_sketch(tmp_path)
+    dev = PtyTransport(tmp_path / "fw-tty")
+    assert dev.master is not None
+    shelf = SketchProcess(exe, fd=dev.master)
+    bridge = Bridge([str(tmp_path / "fw-tty")], agent.http_url, tmp_path / "bridge", clock=_Noon()).start()
+
+    def sample(b: Bridge, name: str, **labels: str) -> float:
+        return b.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    try:
+        wait_for(lambda: bridge.devices[0].device_id == "shelf-7", "the sketch's hello")
+        wait_for(lambda: sample(bridge, "edgeship_bridge_frames_out_total", type="PredictResponse") >= 1,
+                 "its forecast request answered", timeout=60)  # fmt: skip
+        assert metric(agent, "edgeship_requests_total", transport="serial", outcome="ok") >= 1
+        shelf.press()
+        wait_for(lambda: agent.ingest.ledger.total(1, 103520, str(DAY)) == 1, "the button press sold one unit", timeout=60)
+        wait_for(lambda: sample(bridge, "edgeship_bridge_frames_out_total", type="Ack") >= 1, "acked")
+        bridge.stop()
+        bridge = Bridge([str(tmp_path / "fw-tty")], agent.http_url, tmp_path / "bridge", clock=_Noon()).start()
+        wait_for(lambda: bridge.devices[0].device_id == "shelf-7", "the sketch re-introduced itself to the new bridge")
+        shelf.press()
+        wait_for(lambda: agent.ingest.ledger.total(1, 103520, str(DAY)) == 2, "a second sale after the restart", timeout=60)
+        assert lag_value(agent, 1, 103520, DAY) == pytest.approx(np.log1p(2), rel=1e-6)
+        assert metric(agent, "edgeship_sale_events_total", transport="serial", outcome="accepted") == 2
+        assert sample(bridge, "edgeship_bridge_dropped_frames_total", reason="crc") == 0
+    finally:
+        bridge.stop()
+        rc = shelf.close()
+        dev.close()
+    assert rc in (0, -signal.SIGTERM), shelf.stderr_text()
