@@ -18,7 +18,7 @@ from models.contract import CAT_FEATURES, NUM_FEATURES
 from models.features import Encoded
 from models.recipes import Recipe
 
-__all__ = ["quiet_tensorflow", "build_model", "fit", "predict_log"]
+__all__ = ["quiet_tensorflow", "build_model", "fit", "predict_log", "fill_unseen_embeddings"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,30 @@ def fit(
         verbose=0,
         callbacks=callbacks,
     )
+    fill_unseen_embeddings(model, x.cat)
     return model
+
+
+def fill_unseen_embeddings(model: Any, cat: np.ndarray, features: tuple[str, ...] = ("store", "item")) -> dict[str, int]:
+    """Give the stores and items no training row used (a new item of the catalogue, a store without
+    sales) the mean embedding of those that were, instead of their random initial one: a cold-start
+    pair then looks like an average store or item to the model. Returns how many rows were filled.
+
+    Index 0 ("unknown") is left alone: the agent refuses unknown stores and items."""
+    filled: dict[str, int] = {}
+    for feature in features:
+        layer = model.get_layer(f"emb_{feature}")
+        weights = np.array(layer.get_weights()[0])
+        used = np.zeros(len(weights), bool)
+        used[np.unique(cat[:, CAT_FEATURES.index(feature)])] = True
+        unseen = ~used
+        unseen[0] = False
+        if unseen.any() and used[1:].any():
+            weights[unseen] = weights[1:][used[1:]].mean(axis=0)
+            layer.set_weights([weights])
+        filled[feature] = int(unseen.sum())
+    logger.info("embeddings of unseen stores/items set to the mean: %s", filled)
+    return filled
 
 
 def predict_log(model: Any, x: Encoded, batch_size: int = 8192) -> np.ndarray:
