@@ -30,7 +30,7 @@ def quiet_tensorflow() -> None:
 
 
 def build_model(recipe: Recipe, cardinalities: dict[str, int], y_mean: float) -> Any:
-    """Two inputs, ``cat`` int32 [N, 8] and ``num`` float32 [N, 12]; one output, log1p(sales)."""
+    """Two inputs, ``cat`` int32 [N, 8] and ``num`` float32 [N, 22]; one output, log1p(sales)."""
     quiet_tensorflow()
     import keras
 

@@ -422,7 +422,7 @@ class Predictor:
 
         The fast path: what does not change per request is cached (per store×item: the table
         look-ups and the state row; per date: calendar and holiday features; per state row and
-        offset: the four lag features), so a row costs a few dictionary look-ups. The lag caches
+        offset: the lag features; per cold pair and offset: its fallback level and lag features), so a row costs a few dictionary look-ups. The lag caches
         belong to the current lag state and are dropped when it changes (:meth:`set_state`,
         :meth:`invalidate`)."""
         t0 = time.perf_counter()
