@@ -42,12 +42,15 @@ def build_model(recipe: Recipe, cardinalities: dict[str, int], y_mean: float) ->
         column = cat_in[:, i]
         emb = keras.layers.Embedding(cardinalities[feature], arch.embedding_dims[feature], name=f"emb_{feature}")
         parts.append(emb(column))
-    x = keras.layers.Concatenate(name="features")(parts)
+    x = features = keras.layers.Concatenate(name="features")(parts)
     for j, units in enumerate(arch.hidden_units):
         x = keras.layers.Dense(units, activation="relu", name=f"dense_{j}")(x)
         if arch.dropout:
             x = keras.layers.Dropout(arch.dropout, seed=recipe.seed + j)(x)
     out = keras.layers.Dense(1, name="log_sales", bias_initializer=keras.initializers.Constant(y_mean))(x)
+    if arch.linear_skip:  # wide & deep: a linear path from every feature straight to the output
+        wide = keras.layers.Dense(1, use_bias=False, name="wide")(features)
+        out = keras.layers.Add(name="log_sales_sum")([out, wide])
     return keras.Model(inputs=[cat_in, num_in], outputs=out, name=recipe.name.replace("-", "_"))
 
 
@@ -68,7 +71,12 @@ def fit(
     keras.utils.set_random_seed(recipe.seed)
     tf.config.experimental.enable_op_determinism()
     model = build_model(recipe, cardinalities, float(np.mean(y)))
-    model.compile(optimizer=keras.optimizers.Adam(recipe.training.learning_rate), loss="mse")
+    tr = recipe.training
+    lr: Any = tr.learning_rate
+    if tr.lr_schedule == "cosine":
+        steps = int(np.ceil(len(y) / tr.batch_size)) * tr.epochs
+        lr = keras.optimizers.schedules.CosineDecay(tr.learning_rate, steps, alpha=0.05)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
     callbacks = []
     if progress:
         from tqdm.keras import TqdmCallback
