@@ -36,6 +36,8 @@ from edge.store.crash import crash_point
 from edge.store.gate import GateFailed, gate_predictor
 from edge.runtimes.hardware import Choice, choose, detect
 from edge.serving.http import HttpServer, create_app
+from edge.serving.field_routes import FieldApi
+from edge.serving.ingest_routes import Ingest, ingest_routes
 from edge.monitoring.metrics import AgentMetrics
 from edge.delivery.link import MqttLink
 from edge.serving.mqtt import MqttServing
@@ -88,6 +90,8 @@ class Agent:
         # batching, shadow / A-B, online lag state, drift, prediction log (edge.serving.pipeline); telemetry on start
         self.serving = Serving.for_agent(self)
         self.telemetry: Telemetry | None = None
+        self.field = FieldApi.for_agent(self)  # validation app's routes + feedback store (edge.serving.field_routes)
+        self.ingest: Ingest | None = None  # sale events and sensor readings (edge.serving.ingest_routes)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> Agent:
@@ -113,6 +117,7 @@ class Agent:
                 self.metrics,
                 device_id=self.config.device_id,
                 max_body_bytes=self.config.max_body_bytes,
+                routes=[*ingest_routes(self), *self.field.routes()],  # serial bridge input; validation app + feedback
             )
             self.http = HttpServer(app, host, port)
             self.http.start()
@@ -135,6 +140,7 @@ class Agent:
             self.telemetry = telemetry_for_agent(self)
             self.telemetry.attach(self.mqtt)  # events, too, get sequence numbers and the on-disk spool
             self.telemetry.start()
+            self.serving.sales_sink = self.telemetry.actuals  # accepted sales go to the cloud (retraining)
             self.mqtt.start()
         logger.info(
             "agent started",
@@ -153,10 +159,15 @@ class Agent:
             self.mqtt.publish_state()
             self.mqtt.stop(timeout=timeout / 2)
         if self.telemetry is not None:
+            self.serving.sales_sink = None
             self.telemetry.stop()  # what is undelivered stays spooled for the next start
         if self.http is not None:
             self.http.stop(timeout=timeout / 2)
         self.serving.stop()
+        if self.ingest is not None:
+            self.ingest.close()
+            self.ingest = None
+        self.field.close()
         if self._update_lock.acquire(timeout=timeout):  # let an install in progress finish
             self._update_lock.release()
         self.slot.close()

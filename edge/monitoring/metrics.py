@@ -98,6 +98,19 @@ class AgentMetrics:
         )
         self.bad_chunks = Counter("edgeship_bad_chunks", "Bundle chunks rejected (hash, size or index).", registry=r)
         self.bad_messages = Counter("edgeship_bad_messages", "MQTT messages that could not be parsed.", registry=r)
+        # device input (edge.serving.ingest_routes): the serial bridge's sale events and sensor readings
+        self.sale_events = Counter(
+            "edgeship_sale_events",
+            "Sale events from devices by transport and outcome (accepted, duplicate, invalid).",
+            ["transport", "outcome"],
+            registry=r,
+        )
+        self.sensor_readings = Counter(
+            "edgeship_sensor_readings", "Sensor readings from devices by transport and kind.", ["transport", "kind"], registry=r
+        )
+        self.sensor_value = Gauge(
+            "edgeship_sensor_value", "Last reading of each device sensor.", ["device", "sensor", "kind", "unit"], registry=r
+        )
         if process:
             ProcessCollector(registry=r)
 

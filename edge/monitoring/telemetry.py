@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from models.fsutil import atomic_write_bytes
 from models import topics
 from models.messages import DeviceEvent
-from models.serving import TelemetryRecord
+from models.serving import ACTUALS_CHUNK_ROWS, ACTUALS_EVENT, SalesActuals, TelemetryRecord
 
 __all__ = ["TelemetryConfig", "Spool", "Telemetry", "for_agent"]
 
@@ -274,10 +274,11 @@ class Telemetry:
         self._update_gauges()
 
     # -- wiring -----------------------------------------------------------------------------
-    def attach(self, link: Any) -> None:
-        """Send through ``link`` (an :class:`edge.delivery.link.MqttLink`) and take over its events."""
+    def attach(self, link: Any, *, events: bool = True) -> None:
+        """Send through ``link`` (an :class:`edge.delivery.link.MqttLink`) and (``events``) take over its events."""
         self._link = link
-        link.event_sink = self.event
+        if events:
+            link.event_sink = self.event
 
     def start(self) -> None:
         targets = [("edgeship-telemetry-send", self._send_loop)]
@@ -311,6 +312,25 @@ class Telemetry:
 
         return self._append(self._topic_events, build, "event")
 
+    def actuals(self, rows: list[Any], transport: str | None = None) -> list[int]:
+        """Spool accepted sales rows for the cloud (events of kind ``sales``, at most
+        :data:`models.serving.ACTUALS_CHUNK_ROWS` rows each); returns their sequence numbers.
+
+        ``rows``: :class:`models.serving.SalesRow` objects or dicts with the same fields.
+        """
+        plain = [r.model_dump(mode="json") if hasattr(r, "model_dump") else dict(r) for r in rows]
+        seqs = []
+        for i in range(0, len(plain), ACTUALS_CHUNK_ROWS):
+            try:
+                detail = SalesActuals.model_validate({"sales": plain[i : i + ACTUALS_CHUNK_ROWS], "transport": transport})
+            except ValidationError as exc:
+                logger.error("sales rows not forwarded: %s", exc)
+                continue
+            seq = self.event(ACTUALS_EVENT, detail.model_dump(mode="json", exclude_none=True))
+            if seq is not None:
+                seqs.append(seq)
+        return seqs
+
     def telemetry(self) -> int | None:
         """Spool one :class:`TelemetryRecord` with what ``collect()`` returns now."""
         try:
@@ -328,6 +348,10 @@ class Telemetry:
             return TelemetryRecord(device_id=self.device_id, seq=seq, data=data).model_dump_json().encode()
 
         return self._append(self._topic_telemetry, build, "telemetry")
+
+    def send(self, topic: str, build: Callable[[int], bytes], kind: str) -> int | None:
+        """Spool any message: ``build(seq)`` gets the next number and returns the payload (e.g. feedback)."""
+        return self._append(topic, build, kind)
 
     def _append(self, topic: str, build: Callable[[int], bytes], kind: str) -> int | None:
         try:

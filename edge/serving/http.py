@@ -27,7 +27,7 @@ Endpoints (the handlers are all here; :mod:`edge.serving.pipeline` does the work
                       → 422 when no row is valid, 413 beyond the row limit, 400 for a body that is not JSON
     POST /v1/sales    actual sales for the online lag state: 200 ``SalesAck`` or the error shape
                       (only when the online state is on)
-    GET  /healthz     → {"status": "ok" | "no_model", "device_id", "model": {...} | null}
+    GET  /healthz     → {"status": "ok" | "no_model", "device_id", "model": {...} | null, "version": "0.1.0"}
     GET  /metrics     → Prometheus text format
 
 Every error body is :class:`models.serving.ErrorBody` under ``"error"``, mapped from the exception by
@@ -38,8 +38,8 @@ with ``create_app(..., routes=[...])`` (auth, catalogue, telemetry: see ``EXTRA 
 >>> from edge.monitoring.metrics import AgentMetrics
 >>> from starlette.testclient import TestClient
 >>> app = create_app(ModelSlot(), AgentMetrics(process=False), device_id="store-1")
->>> TestClient(app).get("/healthz").json()
-{'status': 'no_model', 'device_id': 'store-1', 'model': None}
+>>> TestClient(app).get("/healthz").json()["status"]
+'no_model'
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ from edge.serving.errors import ErrorReply, RequestError, Unavailable, detail, e
 from edge.serving.pipeline import Serving
 from edge.serving.request import dumps, load_object
 from edge.serving.slot import ModelSlot
+from edge.version import software_version
 
 __all__ = ["create_app", "HttpServer", "read_body", "json_response", "error_response", "fast_stack"]
 
@@ -153,6 +154,7 @@ def create_app(
     metrics = metrics or serving.metrics
     limit = max_body_bytes or serving.max_body_bytes
     observe = _Observer(metrics, "http")
+    observe_serial = _Observer(metrics, "serial")  # the serial bridge calls on a device's behalf (firmware_bridge)
 
     app_state: dict[str, Any] = {}
 
@@ -161,15 +163,16 @@ def create_app(
         timings: dict[str, float] = {}
         inflight = app_state.get("inflight")  # set by HttpServer: uvicorn's running request tasks
         alone = inflight is None or inflight() <= 1
+        obs = observe_serial if request.headers.get("x-edgeship-transport") == "serial" else observe
         try:
             raw = await read_body(request, limit)
-            answer = await serving.predict_async(raw, transport="http", timings=timings, alone=alone)
+            answer = await serving.predict_async(raw, transport=obs.transport, timings=timings, alone=alone)
         except Exception as exc:
             reply = error_reply(exc)
-            observe.failed(reply.outcome, time.perf_counter() - started, timings)
+            obs.failed(reply.outcome, time.perf_counter() - started, timings)
             return error_response(reply)
         body = dumps(answer.body())
-        observe.ok_request(time.perf_counter() - started, len(answer.predictions), timings)
+        obs.ok_request(time.perf_counter() - started, len(answer.predictions), timings)
         return Response(body, media_type=_JSON)
 
     async def predict_batch(request: Request) -> Response:
@@ -219,7 +222,9 @@ def create_app(
     async def healthz(_request: Request) -> Response:
         current = serving.current
         model = current.info_dict if current is not None else None
-        return json_response({"status": "ok" if model else "no_model", "device_id": device_id, "model": model})
+        return json_response(
+            {"status": "ok" if model else "no_model", "device_id": device_id, "model": model, "version": software_version()}
+        )
 
     async def prometheus(_request: Request) -> Response:
         body, content_type = metrics.exposition()

@@ -18,12 +18,17 @@ __all__ = ["MODULES", "Command"]
 MODULES = [
     "edgeship.commands.data",
     "edgeship.commands.train",
+    "edgeship.commands.retrain",
     "edgeship.commands.keys",
     "edgeship.commands.delivery",
     "edgeship.commands.fleet",
     "edgeship.commands.provision",
     "edgeship.commands.agent",
+    "edgeship.commands.bridge",
     "edgeship.commands.demo",
+    "edgeship.commands.validate",
+    "edgeship.commands.feedback",
+    "edgeship.commands.cycle",
 ]
 
 
