@@ -3,7 +3,6 @@ the trainer's fallback windows through the same encoding, marked per row and cou
 
 from __future__ import annotations
 
-import json
 
 import httpx
 import numpy as np
