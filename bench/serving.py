@@ -6,7 +6,11 @@
 - HTTP throughput, 8 connections, one agent process: vs the bare endpoint (target ≥ 0.8×), with
   requests per CPU-second of the server beside it;
 - MQTT request/response vs a raw paho request/response through the same Mosquitto (target ≤ 2×);
-- agent RSS with LiteRT after warm-up and the load runs (target ≤ 80 MB).
+- agent RSS with LiteRT after warm-up and ≥ 10,000 requests (target ≤ 80 MB), and of a second agent
+  pinned to an ONNX Runtime variant (target ≤ 95 MB);
+- no RSS growth over a 60-second soak (8 connections; the least-squares slope, target ≤ 0.1 MB/min);
+- p99 while the agent installs 10 versions one after another under load (one keep-alive connection)
+  vs the p99 of the same load before and after (target ≤ 2×, 0 failed requests).
 
 Servers are pinned to CPU 0, clients to CPU 1 (``taskset``). Loops are bounded in count and time.
 
