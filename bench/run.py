@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         lambda: _call("bench.serving", args.work / "serving", result.bundle, pub))
     sec("Serial bridge: decoder and prediction round trip",
         lambda: _call("bench.bridge", args.work / "bridge", result.bundle, pub))
+    sec("Edge install: size, import time, agent memory and start-up",
+        lambda: _call("bench.edge_install", args.work / "edge-install"))
+    sec("Validation app: memory and start time",
+        lambda: _call("bench.validate_app", args.work, result.bundle, pub))
     print(args.out.read_text())
     return 0
 

@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,8 @@ class _AgentProc:
     log: Path
 
 
-def _start_agent(device_id: str, broker: str, work: Path, trust: Path) -> _AgentProc:
+def _start_agent(device_id: str, broker: str, work: Path, trust: Path, extra: Sequence[str] = ()) -> _AgentProc:
+    """An agent process; ``extra``: more ``edgeship agent`` arguments (``--attr``, ``--option`` …)."""
     port = free_port()
     log = work / "logs" / f"{device_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +130,7 @@ def _start_agent(device_id: str, broker: str, work: Path, trust: Path) -> _Agent
         "--state-dir", str(work / "agents" / device_id),
         "--trust", str(trust),
         "--http", f"127.0.0.1:{port}",
+        *extra,
     ]  # fmt: skip
     env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     with open(log, "ab") as fh:
@@ -227,6 +229,7 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
                 print(f"  {agent.device_id:<16}  predict {agent.http}/v1/predict   health {agent.http}/healthz   "
                       f"metrics {agent.http}/metrics   log {agent.log}")  # fmt: skip
             print(f"  report            {result.report_path}")
+            print(f"  validation app    {_validation_app(procs[0].http)}")  # issue 10: Gradio app on the first agent
             print(f"[demo] ready in {time.perf_counter() - t0:.1f} s")
             if once:
                 return 0
@@ -252,6 +255,17 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
             if embedded is not None:
                 embedded.stop()
             signal.signal(signal.SIGTERM, old_term)
+
+
+def _validation_app(agent_url: str) -> str:
+    """Start the field-validation app (edge.validate_app) for ``agent_url``; its URL, or why not."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        from edge.validate_app.app import launch
+
+        return launch(agent_url, port=0)[1]
+    except Exception as exc:  # noqa: BLE001 - the demo runs without the validate extra
+        return f"not started ({type(exc).__name__}: {exc}; pip install -e '.[validate]')"
 
 
 def _sample_instance(data_dir: Path, state_end: str) -> dict[str, Any]:

@@ -133,8 +133,13 @@ def train(
     stores: list[int] | None = None,
     version: int | None = None,
     progress: bool = True,
+    feedback: str | os.PathLike[str] | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Run the whole training pipeline. Raises :class:`GateError` (after writing the report) if a gate fails."""
+    """Run the whole training pipeline. Raises :class:`GateError` (after writing the report) if a gate fails.
+
+    ``lineage``: extra facts merged into the manifest's ``lineage.dataset_source`` (e.g. ``{"fleet": {...}}``
+    from :mod:`cloud.training.retrain`: the base data's and the fleet actuals' hashes)."""
     from cloud.data import loader as favorita
 
     recipe = recipe or load_recipe()
@@ -148,7 +153,13 @@ def train(
 
     t = time.perf_counter()
     loaded = favorita.load(data_dir, start=start, end=end, stores=stores, progress=progress)
-    rows, cleaning = favorita.clean(loaded.train)
+    train_rows, feedback_info = loaded.train, None
+    if feedback is not None:  # staff-entered actuals as labelled rows (cloud.feedback.training)
+        from cloud.feedback.training import merge_feedback
+
+        train_rows, feedback_info = merge_feedback(train_rows, feedback)
+        report["feedback"] = feedback_info
+    rows, cleaning = favorita.clean(train_rows)
     last = rows["date"].max()
     # Only the days the splits need: lag window + forecast offsets + training + validation days.
     needed = LAG_WINDOW_DAYS + recipe.serving.horizon_days + recipe.validation_days + recipe.train_days
@@ -285,7 +296,9 @@ def train(
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "lineage": {
             "dataset_version": loaded.version,
-            "dataset_source": json.loads(json.dumps(loaded.source, default=str)),
+            "dataset_source": json.loads(json.dumps(
+                {**loaded.source, **({"feedback": feedback_info} if feedback_info else {}), **(lineage or {})}, default=str
+            )),
             "train_window": prep.train_window,
             "validation_window": prep.valid_window,
             "rows": {"train": len(prep.train), "validation": len(valid), "holdout": int(len(holdout_idx))},

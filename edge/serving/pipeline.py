@@ -139,6 +139,8 @@ class Serving:
         self.realised = RealisedAccuracy(
             folder / "predlog", folder / "realised.json", registry, perishable=self._perishable, offline=self._offline
         )
+        #: ``sink(rows, transport)`` gets every accepted report's rows (the agent wires telemetry's actuals)
+        self.sales_sink: Callable[[list[Any], str], Any] | None = None
         self._drift: DriftMonitor | None = None
         self._drift_owner: Any = None
         if self.drift_config.enabled:
@@ -487,7 +489,14 @@ class Serving:
             if live is None:
                 raise Unavailable("no model is active yet")
             ack = self.online.apply(body, live, transport=transport)
-        self.realised.observe(body.sales if hasattr(body, "sales") else body.get("sales", []))
+        rows = body.sales if hasattr(body, "sales") else body.get("sales", [])
+        self.realised.observe(rows)
+        sink = self.sales_sink
+        if sink is not None:  # accepted rows go to the cloud (telemetry: sequenced, spooled)
+            try:
+                sink(rows, transport)
+            except Exception:  # forwarding must never fail a report the device already applied
+                logger.exception("forwarding accepted sales rows failed")
         return ack
 
     def _perishable(self, item_nbr: int) -> bool:

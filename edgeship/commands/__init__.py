@@ -18,6 +18,7 @@ __all__ = ["MODULES", "Command"]
 MODULES = [
     "edgeship.commands.data",
     "edgeship.commands.train",
+    "edgeship.commands.retrain",
     "edgeship.commands.keys",
     "edgeship.commands.delivery",
     "edgeship.commands.fleet",
@@ -25,6 +26,9 @@ MODULES = [
     "edgeship.commands.agent",
     "edgeship.commands.bridge",
     "edgeship.commands.demo",
+    "edgeship.commands.validate",
+    "edgeship.commands.feedback",
+    "edgeship.commands.cycle",
 ]
 
 
