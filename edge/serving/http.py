@@ -27,7 +27,9 @@ Endpoints (the handlers are all here; :mod:`edge.serving.pipeline` does the work
                       → 422 when no row is valid, 413 beyond the row limit, 400 for a body that is not JSON
     POST /v1/sales    actual sales for the online lag state: 200 ``SalesAck`` or the error shape
                       (only when the online state is on)
-    GET  /healthz     → {"status": "ok" | "no_model", "device_id", "model": {...} | null, "version": "0.1.0"}
+    GET  /healthz     → {"status": "ok" | "no_model", "device_id", "model": {...} | null, "version": "0.1.0",
+                       "disk": {"state": "ok" | "disk_full" | "disk_readonly" | "disk_io", ...},
+                       "clock": "ok" | "behind_signed_time"}  (disk and clock: the agent's health())
     GET  /metrics     → Prometheus text format
 
 Every error body is :class:`models.serving.ErrorBody` under ``"error"``, mapped from the exception by
@@ -50,7 +52,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvicorn
@@ -141,12 +143,14 @@ def create_app(
     device_id: str,
     max_body_bytes: int | None = None,
     routes: Sequence[BaseRoute] = (),
+    health: Callable[[], dict[str, Any]] | None = None,
 ) -> Starlette:
     """The agent's HTTP app over ``serving`` (an :class:`edge.serving.pipeline.Serving`; a bare
     :class:`ModelSlot` is wrapped in :meth:`Serving.embedded`).
 
     EXTRA ROUTES: ``routes`` are mounted after the agent's own, as they are (auth middleware,
-    catalogue / explain / feedback, sensor telemetry: each part passes its list here)."""
+    catalogue / explain / feedback, sensor telemetry: each part passes its list here). ``health()``'s
+    keys are added to ``/healthz`` (the agent's :meth:`edge.agent.Agent.health`: disk, clock)."""
     if not isinstance(serving, Serving):
         if metrics is None:
             raise TypeError("create_app(slot, metrics, ...) needs the metrics")
@@ -222,9 +226,10 @@ def create_app(
     async def healthz(_request: Request) -> Response:
         current = serving.current
         model = current.info_dict if current is not None else None
-        return json_response(
-            {"status": "ok" if model else "no_model", "device_id": device_id, "model": model, "version": software_version()}
-        )
+        body = {"status": "ok" if model else "no_model", "device_id": device_id, "model": model, "version": software_version()}
+        if health is not None:
+            body.update(health())  # the agent's disk and clock (edge.agent.Agent.health)
+        return json_response(body)
 
     async def prometheus(_request: Request) -> Response:
         body, content_type = metrics.exposition()

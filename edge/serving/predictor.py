@@ -207,7 +207,7 @@ class _View:
     Replaced whole by :meth:`Predictor.set_state` / :meth:`Predictor.invalidate` (a request holds
     one view from check to encode, so a concurrent state change never mixes two states)."""
 
-    __slots__ = ("state", "end", "ends", "horizon", "pairs", "lags", "version")
+    __slots__ = ("state", "end", "ends", "horizon", "pairs", "lags", "rows", "version")
 
     def __init__(self, state: SalesState, horizon_days: int, version: int) -> None:
         self.state = state
@@ -217,11 +217,17 @@ class _View:
         self.horizon = horizon_days
         self.pairs: dict[tuple[int, int], int] = {}  # (store_nbr, item_nbr) → state row (-1: none)
         self.lags: dict[tuple[int, int], tuple[float, ...]] = {}  # (state row, offset) → lag features
+        # one request row → its encoded (cat [1, 8], num [1, len(NUM_FEATURES)]) and its cold-start
+        # marks, read-only (shared by every request for that row, and by the drift monitor that keeps
+        # what it is given)
+        self.rows: dict[tuple[int, int, int, bool], tuple[np.ndarray, np.ndarray, tuple[str | None, ...] | None]] = {}
         self.version = version
 
 
 #: Bound on each per-request cache (entries); a full cache is cleared, never grows without bound.
 _CACHE_MAX = 65536
+#: Bound on the encoded single-row cache (≈ 250 bytes an entry).
+_ROWS_MAX = 4096
 
 
 class Predictor:
@@ -382,10 +388,11 @@ class Predictor:
         if self._closed:
             raise InferenceError("predictor is closed")
         p = self.prepare(instances, timings=timings)
+        if timings is None:
+            return units_list(self.infer_arrays(p.cat, p.num))
         t2 = time.perf_counter()
         y = self.infer_arrays(p.cat, p.num)
-        if timings is not None:
-            timings["infer"] = time.perf_counter() - t2
+        timings["infer"] = time.perf_counter() - t2
         return units_list(y)
 
     def encode(
@@ -425,10 +432,19 @@ class Predictor:
         offset: the lag features; per cold pair and offset: its fallback level and lag features), so a row costs a few dictionary look-ups. The lag caches
         belong to the current lag state and are dropped when it changes (:meth:`set_state`,
         :meth:`invalidate`)."""
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if timings is not None else 0.0
         request = instances if type(instances) is ParsedRequest and len(instances.rows) <= self._max_batch else self.parse(instances)
-        t1 = time.perf_counter()
+        t1 = time.perf_counter() if timings is not None else 0.0
         view = self._view  # one snapshot: set_state() may replace it while this request runs
+        rows = request.rows
+        if len(rows) == 1:  # the single-row fast path: the row's encoded arrays, cached per lag state
+            hit = view.rows.get(rows[0])
+            if hit is None:
+                hit = self._encode_one(view, request)
+            if timings is not None:
+                timings["validate"] = t1 - t0
+                timings["encode"] = time.perf_counter() - t1
+            return Prepared(request, hit[0], hit[1], hit[2])
         cats: list[tuple[int, ...]] = []
         nums: list[tuple[float, ...]] = []
         levels: list[str | None] = []
@@ -449,6 +465,23 @@ class Predictor:
             timings["validate"] = t1 - t0
             timings["encode"] = t2 - t1
         return prepared
+
+    def _encode_one(
+        self, view: _View, request: ParsedRequest
+    ) -> tuple[np.ndarray, np.ndarray, tuple[str | None, ...] | None]:
+        """Encode a one-row request and keep its (read-only) arrays in the view's row cache."""
+        row = request.rows[0]
+        enc = self._encode_row(view, row)
+        if enc is None:
+            self._raise_row_errors(view, request)
+        cat = np.array([enc[0]], dtype=np.int32)
+        num = np.array([enc[1]], dtype=np.float32)
+        cat.flags.writeable = False
+        num.flags.writeable = False
+        if len(view.rows) >= _ROWS_MAX:
+            view.rows.clear()
+        view.rows[row] = out = (cat, num, None if enc[2] is None else (enc[2],))
+        return out
 
     def _encode_row(
         self, view: _View, row: tuple[int, int, int, bool]
@@ -574,10 +607,10 @@ class Predictor:
             if self._closed:
                 raise InferenceError("predictor is closed")
             try:
-                y = self._runtime.infer({"cat": cat, "num": num})
+                y = self._runtime.infer_pair(cat, num)
             except Exception as exc:
                 raise InferenceError(f"{self._runtime.name} failed: {exc}") from exc
-        if not np.isfinite(y).all():
+        if not (math.isfinite(y[0]) if len(y) == 1 else np.isfinite(y).all()):
             raise InferenceError("the model produced a non-finite prediction")
         return y
 

@@ -193,11 +193,14 @@ def test_real_agent_over_http_serves_and_marks_cold_pairs(tmp_path, keys):
         assert body["predictions"] == pytest.approx(np.expm1(lag7).tolist(), abs=2e-3)
         warm = httpx.post(f"{url}/v1/predict", json={"instances": rows_of([(1, 103520)])}, timeout=30).json()
         assert "fallback" not in warm  # warm-only answers keep their shape
+        for _ in range(2):  # a lone cold row: the single-row path (and its cache) keeps the mark
+            one = httpx.post(f"{url}/v1/predict", json={"instances": rows_of([(2, 999002)])}, timeout=30).json()
+            assert one["fallback"] == ["global"] and one["predictions"] == body["predictions"][2:]
         bad = httpx.post(f"{url}/v1/predict", json={"instances": rows_of([(2, 424242)])}, timeout=30)
         assert bad.status_code == 422 and bad.json()["error"]["details"][0]["rule"] == "known_item"
         batch = httpx.post(f"{url}/v1/predict:batch", json={"instances": rows_of([(1, 999002), (9, 103520)])}, timeout=30)
         assert batch.status_code == 200 and batch.json()["fallback"] == ["family_store", None]
         metrics = httpx.get(f"{url}/metrics", timeout=30).text
         assert 'edgeship_fallback_rows_total{level="item"} 1.0' in metrics
-        assert 'edgeship_fallback_rows_total{level="global"} 1.0' in metrics
+        assert 'edgeship_fallback_rows_total{level="global"} 3.0' in metrics
         assert 'edgeship_fallback_rows_total{level="family_store"} 1.0' in metrics
