@@ -53,6 +53,7 @@ from cloud.fleet.publish import (
     PreparedBundle,
     Publisher,
     PublishError,
+    check_newer,
     load_keylist,
     read_bundle,
     sign_targets,
@@ -304,8 +305,12 @@ class Rollout:
         discover_s: float = 3.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         devices: Sequence[str] | None = None,
+        rollback: bool = False,
     ) -> None:
         self.bundle = read_bundle(bundle, chunk_size)
+        #: going back to an older version on purpose: no refusal when the fleet announces a newer one,
+        #: and the targets are signed as a downgrade
+        self.rollback = rollback
         self.broker = broker
         self.key = key
         self.state_dir = Path(state_dir)
@@ -460,8 +465,10 @@ class Rollout:
         current = status(self.state_dir)
         if current and current.get("controller_alive"):
             raise RolloutError(f"rollout {current['id']} is still running (edgeship rollout abort, or wait)")
-        (self.state_dir / ABORT_FILE).unlink(missing_ok=True)
         b = self.bundle
+        with Publisher(self.broker, fleet=self.fleet) as probe:  # before any state is written
+            check_newer(probe.announced(b.model), b, rollback=self.rollback)
+        (self.state_dir / ABORT_FILE).unlink(missing_ok=True)
         _register(self.state_dir, b)
         view = self._view = FleetView(self.broker, self.fleet)
         view.listeners.append(self._on_device)
@@ -526,7 +533,8 @@ class Rollout:
         for i, wave in enumerate(waves):
             self.state["waves"][i]["status"] = "running"
             for d in wave:
-                t, env = sign_targets(self.key, bundle=b, fleet=self.fleet, devices=[d], rollout=self.id, expires_in=self.expires_in)
+                t, env = sign_targets(self.key, bundle=b, fleet=self.fleet, devices=[d], rollout=self.id, expires_in=self.expires_in,
+                                      downgrade=self.rollback)  # fmt: skip
                 pub.assign(d, announcement_of(t, env, self.keys), rollout=self.id)
                 self._set(d, "assigned", assigned_at=utcnow().isoformat())
             pub.flush()
@@ -539,7 +547,8 @@ class Rollout:
             self._log("wave %d succeeded", i)
             self._write()
         if self.promote:
-            t, env = sign_targets(self.key, bundle=b, fleet=self.fleet, rollout=self.id, expires_in=self.expires_in)
+            t, env = sign_targets(self.key, bundle=b, fleet=self.fleet, rollout=self.id, expires_in=self.expires_in,
+                                  downgrade=self.rollback)  # fmt: skip
             pub.announce(announcement_of(t, env, self.keys))
             self._log("promoted: the fleet announcement is now v%d", b.version)
         self.state.update(phase="succeeded")

@@ -18,6 +18,7 @@ __all__ = ["MODULES", "Command"]
 MODULES = [
     "edgeship.commands.data",
     "edgeship.commands.train",
+    "edgeship.commands.runs",
     "edgeship.commands.keys",
     "edgeship.commands.delivery",
     "edgeship.commands.fleet",
