@@ -264,6 +264,7 @@ class Publisher:
         self.client.on_disconnect = lambda *_: self._connected.clear()
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_unsubscribe = self._on_subscribe  # same signature: (client, userdata, mid, codes, properties)
 
     # -- connection -------------------------------------------------------------------------
     def connect(self, timeout: float = 15.0) -> Publisher:
@@ -327,17 +328,25 @@ class Publisher:
 
     def retained(self, topic: str, wait: float = 1.0) -> bytes | None:
         """The retained message on ``topic`` (None if there is none)."""
-        ev = threading.Event()
+        ev, done = threading.Event(), threading.Event()
         with self._lock:
             rc, mid = self.client.subscribe(topic, qos=1)
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 raise PublishError(f"subscribe to {topic} failed: {mqtt.error_string(rc)}")
             self._subacks[mid] = ev
         ev.wait(wait)
-        time.sleep(0.05)  # a retained message follows the SUBACK at once
-        self.client.unsubscribe(topic)
+        # The broker sends a retained message right after the SUBACK, in order on one connection; once
+        # the UNSUBACK is back, it has been handled (no guessing with a sleep).
+        with self._lock:
+            rc, unmid = self.client.unsubscribe(topic)
+            if rc == mqtt.MQTT_ERR_SUCCESS:
+                self._subacks[unmid] = done
+        if rc == mqtt.MQTT_ERR_SUCCESS:
+            done.wait(max(wait, 5.0))
         with self._lock:
             self._subacks.pop(mid, None)
+            if rc == mqtt.MQTT_ERR_SUCCESS:
+                self._subacks.pop(unmid, None)
             return self._retained.pop(topic, None) or None
 
     # -- sending ----------------------------------------------------------------------------
