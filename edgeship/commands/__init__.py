@@ -19,6 +19,7 @@ MODULES = [
     "edgeship.commands.data",
     "edgeship.commands.train",
     "edgeship.commands.runs",
+    "edgeship.commands.stage",
     "edgeship.commands.keys",
     "edgeship.commands.delivery",
     "edgeship.commands.fleet",
