@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         lambda: _call("bench.forecast", args.work / "forecast", [1, 2, 3], ["hard", "easy"], 6, 60, 900))
     sec("Serving targets (issue 9)",
         lambda: _call("bench.serving", args.work / "serving", result.bundle, pub))
+    # small default (54 stores x 50 items x 3 years); issue 14's full size: python -m bench.scale --full
+    sec("Scale: training on a large world, reading a large train.csv by window",
+        lambda: _call("bench.scale", args.work / "scale"))
     print(args.out.read_text())
     return 0
 

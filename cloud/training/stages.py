@@ -93,6 +93,7 @@ def export(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], t
         out.mkdir(parents=True)
         variants = {}
         for v in vb.manifest.variants:
+            (out / v.file).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(Path(tmp) / "b" / v.file, out / v.file)
             variants[v.name] = {"file": v.file, "runtime": v.runtime, "size_bytes": v.size_bytes, "metrics": v.metrics}
     info = {"model": vb.manifest.name, "version": vb.manifest.version, "variants": variants}
