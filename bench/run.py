@@ -143,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         lambda: _call("bench.forecast", args.work / "forecast", [1, 2, 3], ["hard", "easy"], 6, 60, 900))
     sec("Serving targets (issue 9)",
         lambda: _call("bench.serving", args.work / "serving", result.bundle, pub))
+    sec("Serial bridge: decoder and prediction round trip",
+        lambda: _call("bench.bridge", args.work / "bridge", result.bundle, pub))
+    sec("Edge install: size, import time, agent memory and start-up",
+        lambda: _call("bench.edge_install", args.work / "edge-install"))
+    sec("Validation app: memory and start time",
+        lambda: _call("bench.validate_app", args.work, result.bundle, pub))
     # small default (54 stores x 50 items x 3 years); issue 14's full size: python -m bench.scale --full
     sec("Scale: training on a large world, reading a large train.csv by window",
         lambda: _call("bench.scale", args.work / "scale"))

@@ -20,12 +20,17 @@ MODULES = [
     "edgeship.commands.train",
     "edgeship.commands.runs",
     "edgeship.commands.stage",
+    "edgeship.commands.retrain",
     "edgeship.commands.keys",
     "edgeship.commands.delivery",
     "edgeship.commands.fleet",
     "edgeship.commands.provision",
     "edgeship.commands.agent",
+    "edgeship.commands.bridge",
     "edgeship.commands.demo",
+    "edgeship.commands.validate",
+    "edgeship.commands.feedback",
+    "edgeship.commands.cycle",
 ]
 
 

@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stores", type=store_list, help="comma-separated store numbers (default: all)")
     p.add_argument("--version", type=positive, help="model version (default: the next free one in the registry)")
     p.add_argument("--recipe", default="favorita_demand", help="recipe name or JSON path")
+    p.add_argument("--feedback", type=Path, help="feedback store (edgeship feedback collect --out): actuals as extra rows")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--runs-dir", type=Path, help="where the run record goes (default $EDGESHIP_RUNS_DIR or ~/.edgeship/runs)")
     p.add_argument("--registry", type=Path,
@@ -40,8 +41,8 @@ def _train(args: argparse.Namespace) -> int:
     try:
         result = train(
             args.data, args.out, args.key, recipe=load_recipe(args.recipe), start=args.start, end=args.end,
-            stores=args.stores, version=args.version, progress=not args.no_progress, track=not args.no_track,
-            runs_dir=args.runs_dir, registry=args.registry,
+            stores=args.stores, version=args.version, progress=not args.no_progress, feedback=args.feedback,
+            track=not args.no_track, runs_dir=args.runs_dir, registry=args.registry,
         )  # fmt: skip
     except GateError as exc:
         print(f"gate failed, nothing shipped: {exc}\nsee {args.out / 'report.json'}", file=sys.stderr)

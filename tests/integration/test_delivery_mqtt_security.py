@@ -44,6 +44,7 @@ def secure(tmp_path, monkeypatch):
         shipped.replace("/etc/mosquitto/edgeship", str(broker_dir))
         .replace("listener 8883", "listener {port} 127.0.0.1")
         .replace("persistence true", "persistence false")
+        .replace("\nuser mosquitto\n", "\n")  # the shipped broker runs as its own user (test_broker_persistence)
         + "\nlog_dest stderr\n"
         # a second listener exactly as the commented mutual-TLS lines describe
         + f"listener {mtls_port} 127.0.0.1\ncafile {broker_dir}/ca.pem\ncertfile {broker_dir}/server.crt\n"

@@ -29,6 +29,9 @@ def test_demo_once_serves_a_prediction_from_every_agent(tmp_path: Path) -> None:
     urls = re.findall(r"predict (http://\S+)/v1/predict", proc.stdout)
     assert len(urls) == 2 and len(set(urls)) == 2, urls
     assert all(u.startswith("http://127.0.0.1:") for u in urls), urls  # agents listen on loopback only
+    # a simulated serial shelf fed the first agent: its sales were acked and moved the serial forecast
+    shelf = re.search(r"\[demo\] shelf \(firmware-sim on .+\) → bridge → .+: (\d+) sales .* acked; serial forecast", proc.stdout)
+    assert shelf and int(shelf.group(1)) == 20, proc.stdout
     # the agents stopped with the demo: their logs end with a clean shutdown
     for log in (tmp_path / "logs").glob("store-*.log"):
         assert '"level": "error"' not in log.read_text(), log.read_text()[-2000:]
