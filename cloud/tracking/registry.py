@@ -150,15 +150,19 @@ class MlflowRegistry:
 
     def reserve(self, model: str, *, run_id: str, out: str, requested: int | None = None, floor: int = 1) -> int:
         self._ensure_model(model)
-        if requested is not None:
-            raise RegistryError(
-                f"MLflow's model registry numbers the versions of {model} (MLFLOW_TRACKING_URI is set); leave --version out"
-            )
+        if requested is not None:  # MLflow numbers in order: numbers below are created and marked skipped
+            floor = max(floor, requested)
         source = Path(out).resolve().as_uri()
         for _ in range(10_000):
             mv = self.client.create_model_version(model, source, tags={"edgeship.run_id": run_id, "edgeship.status": "running"})
             version = int(mv.version)
             if version >= floor:  # below the bundles already in --out: never reuse their numbers
+                if requested is not None and version != requested:
+                    self.client.set_model_version_tag(model, mv.version, "edgeship.status", "skipped")
+                    raise RegistryError(
+                        f"version {requested} of {model} is already taken in MLflow's model registry (next free: "
+                        f"{version + 1}); leave --version out"
+                    )
                 logger.info("reserved %s v%d in MLflow's model registry", model, version)
                 return version
             self.client.set_model_version_tag(model, mv.version, "edgeship.status", "skipped")

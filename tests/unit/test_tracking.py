@@ -126,8 +126,9 @@ def test_mlflow_registry_and_run_logging_against_a_sqlite_store(tmp_path: Path, 
     assert reg.kind == "mlflow"
     assert [reg.reserve("favorita-demand", run_id=f"r{i}", out=str(tmp_path)) for i in range(2)] == [1, 2]
     assert reg.reserve("favorita-demand", run_id="r3", out=str(tmp_path), floor=5) == 5  # 3 and 4 skipped
-    with pytest.raises(RegistryError, match="MLflow's model registry numbers"):
-        reg.reserve("favorita-demand", run_id="r4", out=str(tmp_path), requested=9)
+    assert reg.reserve("favorita-demand", run_id="r4", out=str(tmp_path), requested=7) == 7  # 6 skipped
+    with pytest.raises(RegistryError, match="version 3 of favorita-demand is already taken"):
+        reg.reserve("favorita-demand", run_id="r5", out=str(tmp_path), requested=3)
     reg.complete("favorita-demand", 2, status="shipped", sha256="cd" * 32)
     client = MlflowClient()
     mv = client.get_model_version("favorita-demand", "2")
