@@ -18,8 +18,10 @@ import logging
 
 import numpy as np
 
+from cloud.training.caps import Caps
 from cloud.training.prepare import Prepared, Split
 from models.contract import LAG_WINDOW_DAYS
+from models.features import Encoded
 
 __all__ = ["rf_features", "random_forest", "moving_average_dow", "mean14", "lightgbm"]
 
@@ -51,15 +53,18 @@ def rf_features(prep: Prepared, split: Split) -> np.ndarray:
     ).astype(np.float32)
 
 
-def random_forest(prep: Prepared, *, n_estimators: int, seed: int, max_rows: int = 2_000_000) -> np.ndarray:
-    """Fit the workshop's random forest on the training split; predict units on the validation split."""
+def random_forest(
+    prep: Prepared, *, n_estimators: int, seed: int, max_rows: int = 500_000, caps: Caps | None = None, threads: int = 2
+) -> np.ndarray:
+    """Fit the workshop's random forest on the training split (at most ``max_rows`` rows, a random
+    sample); predict units on the validation split."""
     from sklearn.ensemble import RandomForestRegressor
 
     x_train, y_train = rf_features(prep, prep.train), prep.train.sales
-    if len(y_train) > max_rows:  # keep memory bounded on real data
-        pick = np.random.default_rng(seed).choice(len(y_train), max_rows, replace=False)
+    pick = (caps or Caps()).sample("baseline-rf", len(y_train), limit=max_rows, seed=seed)
+    if pick is not None:
         x_train, y_train = x_train[pick], y_train[pick]
-    model = RandomForestRegressor(n_estimators=n_estimators, n_jobs=-1, random_state=seed)
+    model = RandomForestRegressor(n_estimators=n_estimators, n_jobs=threads, random_state=seed)
     model.fit(x_train, y_train)
     return np.maximum(model.predict(rf_features(prep, prep.valid)), 0.0)
 
@@ -89,14 +94,19 @@ def _lgb_x(x) -> np.ndarray:
     return np.concatenate([x.cat.astype(np.float32), x.num], axis=1)
 
 
-def lightgbm(prep: Prepared, *, seed: int, max_rounds: int = 600, threads: int = 2) -> tuple[np.ndarray, dict[str, float]]:
-    """Fit LightGBM on the training split (rounds by early stopping on its last 14 days); predict validation (log1p)."""
+def lightgbm(
+    prep: Prepared, *, seed: int, max_rounds: int = 600, threads: int = 2, max_rows: int = 1_000_000, caps: Caps | None = None
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Fit LightGBM on the training split, or a random sample of ``max_rows`` of its rows (rounds by
+    early stopping on its last 14 days); predict validation (log1p)."""
     import lightgbm as lgb
 
     train = prep.train
-    x, y = _lgb_x(train.x), train.y
-    last = train.day.max()
-    inner = train.day <= last - 14
+    pick = (caps or Caps()).sample("baseline-lightgbm", len(train), limit=max_rows, seed=seed)
+    rows = slice(None) if pick is None else pick
+    x, y, day, perishable = _lgb_x(Encoded(train.x.cat[rows], train.x.num[rows])), train.y[rows], train.day[rows], train.perishable[rows]
+    last = day.max()
+    inner = day <= last - 14
     params = {
         "objective": "regression",
         "learning_rate": 0.05,
@@ -110,7 +120,7 @@ def lightgbm(prep: Prepared, *, seed: int, max_rounds: int = 600, threads: int =
         "verbose": -1,
     }
     cats = list(range(train.x.cat.shape[1]))
-    w = np.where(train.perishable, 1.25, 1.0)
+    w = np.where(perishable, 1.25, 1.0)
     dtr = lgb.Dataset(x[inner], y[inner], weight=w[inner], categorical_feature=cats, free_raw_data=False)
     dva = lgb.Dataset(x[~inner], y[~inner], weight=w[~inner], categorical_feature=cats, reference=dtr)
     probe = lgb.train(params, dtr, max_rounds, valid_sets=[dva], callbacks=[lgb.early_stopping(30, verbose=False)])

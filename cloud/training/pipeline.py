@@ -2,7 +2,8 @@
 
 Everything the run measured lands in ``<out>/report.json``: ``metrics`` maps ``keras``, every
 variant and both baselines to at least ``nwrmsle`` and ``r2``; ``gates`` holds each verdict and why;
-``bundle`` names the bundle's path (null when a gate stopped the run).
+``bundle`` names the bundle's path (null when a gate stopped the run); ``caps`` records every scale
+cap of the recipe (limit, rows available, rows used, applied) — :mod:`cloud.training.caps`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cloud.training import baselines
+from cloud.training.caps import Caps
 from cloud.training.bundle import bundle_filename, write_bundle
 from cloud.training.gates import GateError, baseline_gate, parity_gate, run_variant, score
 from cloud.training.metrics import weights
@@ -241,26 +243,40 @@ def _train(
     valid = prep.valid
     metrics: dict[str, dict[str, float]] = report["metrics"]
     preds: dict[str, np.ndarray] = {}
+    caps = Caps()
+    report["caps"] = caps.as_dict()  # filled in below; written with every report
+    b = recipe.baselines
     t = time.perf_counter()
-    rf = baselines.random_forest(prep, n_estimators=recipe.baselines.rf_n_estimators, seed=recipe.seed)
+    rf = baselines.random_forest(prep, n_estimators=b.rf_n_estimators, seed=recipe.seed, max_rows=b.rf_max_rows, caps=caps)
     preds["baseline-rf"] = np.log1p(rf).astype(np.float32)
+    timings["baseline_rf_seconds"] = time.perf_counter() - t
     preds["baseline-ma-dow"] = baselines.moving_average_dow(prep, ma_days=recipe.baselines.ma_days)
     preds["baseline-mean14"] = baselines.mean14(prep)
+    t_lgb = time.perf_counter()
     try:
-        preds["baseline-lightgbm"], report["lightgbm"] = baselines.lightgbm(prep, seed=recipe.seed)
+        preds["baseline-lightgbm"], report["lightgbm"] = baselines.lightgbm(
+            prep, seed=recipe.seed, max_rounds=b.lightgbm_max_rounds, threads=b.lightgbm_threads,
+            max_rows=b.lightgbm_max_rows, caps=caps,
+        )  # fmt: skip
     except ImportError:
         logger.warning("lightgbm is not installed (pip install 'edgeship[cloud]'): baseline-lightgbm skipped")
+    timings["baseline_lightgbm_seconds"] = time.perf_counter() - t_lgb
     if truth is not None:
         preds["oracle"] = truth[1][valid.pair, valid.day - int(valid.day.min())]
     for name, pred in preds.items():
         metrics[name] = score(valid.y, pred, valid.perishable)
     timings["baselines_seconds"] = time.perf_counter() - t
+    report["caps"] = caps.as_dict()
 
     from cloud.training.train import fit, predict_log
 
     t = time.perf_counter()
-    model = fit(recipe, prep.tables.cardinalities(), prep.train.x, prep.train.y, prep.train.perishable, progress=progress)
+    model = fit(
+        recipe, prep.tables.cardinalities(), prep.train.x, prep.train.y, prep.train.perishable, progress=progress, caps=caps
+    )
     timings["train_seconds"] = time.perf_counter() - t
+    report["caps"] = caps.as_dict()
+    t = time.perf_counter()
     keras_pred = predict_log(model, valid.x)
     keras_path = out / f"{recipe.name}-v{version}.keras"
     model.save(keras_path)  # kept beside the bundle for lineage, debugging and benchmarks; never shipped
@@ -281,6 +297,7 @@ def _train(
     report["slices"] = slices(prep, preds)
     st = store_type_gate(metrics["keras"]["nwrmsle"], report["slices"]["store_type"]["keras"])
     report["gates"]["store_type"] = st.as_dict()
+    timings["evaluate_seconds"] = time.perf_counter() - t
     if not st.passed and verdict.passed:
         verdict = st
     if not verdict.passed:
@@ -300,23 +317,28 @@ def _train(
 
     t = time.perf_counter()
     holdout_idx = np.sort(rng.choice(len(valid), min(recipe.holdout_rows, len(valid)), replace=False))
+    # parity is a comparison with Keras on the same rows: a large random sample (with the holdout) suffices
+    prows = caps.sample("parity", len(valid), limit=recipe.parity_max_rows, seed=recipe.seed, keep=holdout_idx)
+    report["caps"] = caps.as_dict()
+    prows = np.arange(len(valid)) if prows is None else prows
+    px, py, pper = Encoded(valid.x.cat[prows], valid.x.num[prows]), valid.y[prows], valid.perishable[prows]
+    pkeras, phold = keras_pred[prows], np.searchsorted(prows, holdout_idx)
+    horizon_labels = slice_labels(prep)["horizon_day"][prows]
     shipped: dict[str, bytes] = {}
     variant_meta: dict[str, dict[str, Any]] = {}
     variant_gates: dict[str, Any] = {}
     holdout_preds: dict[str, np.ndarray] = {"keras": keras_pred[holdout_idx]}
     for name in VARIANTS:
-        pred = run_variant(name, exported[name], valid.x)
-        metrics[name] = score(valid.y, pred, valid.perishable)
-        report["slices"]["horizon_day"][name] = group_nwrmsle(
-            valid.y, pred, valid.perishable, slice_labels(prep)["horizon_day"]
-        )
-        v = parity_gate(name, keras_pred, pred, valid.y, valid.perishable, recipe.tolerances[name])
+        pred = run_variant(name, exported[name], px)
+        metrics[name] = score(py, pred, pper)
+        report["slices"]["horizon_day"][name] = group_nwrmsle(py, pred, pper, horizon_labels)
+        v = parity_gate(name, pkeras, pred, py, pper, recipe.tolerances[name])
         variant_gates[name] = {**v.as_dict(), "shipped": v.passed, "size_bytes": len(exported[name])}
         logger.info(v.message)
         if v.passed:
             shipped[name] = exported[name]
-            holdout_preds[name] = pred[holdout_idx]
-            hold = score(valid.y[holdout_idx], pred[holdout_idx], valid.perishable[holdout_idx])
+            holdout_preds[name] = pred[phold]
+            hold = score(valid.y[holdout_idx], pred[phold], valid.perishable[holdout_idx])
             variant_meta[name] = {
                 **metrics[name],
                 "p99_abs_diff": v.figures["p99_abs_diff"],

@@ -3,6 +3,11 @@
 Seeded and deterministic (``keras.utils.set_random_seed`` + TensorFlow op determinism): the same data,
 recipe and seed give the same weights. The loss is MSE in log1p space weighted 1.25 for perishable
 items, i.e. the square of Kaggle's NWRMSLE.
+
+Scale cap: with ``training.max_rows_per_epoch`` set and a larger training split, every epoch trains on
+a fresh seeded random sample of that many rows (pairs x days) instead of all of them; the number of
+steps, the cosine schedule and the time follow the sample's size. A smaller split trains on every row
+every epoch, exactly as without the cap. ``caps`` (:class:`cloud.training.caps.Caps`) records it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from cloud.training.caps import Caps
 from cloud.training.metrics import weights
 from models.contract import CAT_FEATURES, NUM_FEATURES
 from models.features import Encoded
@@ -62,6 +68,7 @@ def fit(
     perishable: np.ndarray,
     *,
     progress: bool = True,
+    caps: Caps | None = None,
 ) -> Any:
     """Train the model on one split; returns the Keras model."""
     quiet_tensorflow()
@@ -72,9 +79,12 @@ def fit(
     tf.config.experimental.enable_op_determinism()
     model = build_model(recipe, cardinalities, float(np.mean(y)))
     tr = recipe.training
+    n = len(y)
+    per_epoch = n if tr.max_rows_per_epoch is None else min(n, tr.max_rows_per_epoch)
+    (caps or Caps()).record("keras", limit=tr.max_rows_per_epoch, rows=n, used=per_epoch, per_epoch=True, epochs=tr.epochs)
     lr: Any = tr.learning_rate
     if tr.lr_schedule == "cosine":
-        steps = int(np.ceil(len(y) / tr.batch_size)) * tr.epochs
+        steps = int(np.ceil(per_epoch / tr.batch_size)) * tr.epochs
         lr = keras.optimizers.schedules.CosineDecay(tr.learning_rate, steps, alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
     callbacks = []
@@ -82,16 +92,33 @@ def fit(
         from tqdm.keras import TqdmCallback
 
         callbacks.append(TqdmCallback(verbose=0, desc="train"))
-    model.fit(
-        {"cat": x.cat, "num": x.num},
-        y.reshape(-1, 1),
-        sample_weight=weights(perishable),
-        epochs=recipe.training.epochs,
-        batch_size=recipe.training.batch_size,
-        shuffle=True,
-        verbose=0,
-        callbacks=callbacks,
-    )
+    sample_weight = weights(perishable)
+    if per_epoch == n:
+        model.fit(
+            {"cat": x.cat, "num": x.num},
+            y.reshape(-1, 1),
+            sample_weight=sample_weight,
+            epochs=tr.epochs,
+            batch_size=tr.batch_size,
+            shuffle=True,
+            verbose=0,
+            callbacks=callbacks,
+        )
+    else:  # a fresh random sample of rows each epoch; the optimizer (and its schedule) carries on
+        rng = np.random.default_rng(recipe.seed)
+        for epoch in range(tr.epochs):
+            idx = np.sort(rng.choice(n, per_epoch, replace=False))
+            model.fit(
+                {"cat": x.cat[idx], "num": x.num[idx]},
+                y[idx].reshape(-1, 1),
+                sample_weight=sample_weight[idx],
+                initial_epoch=epoch,
+                epochs=epoch + 1,
+                batch_size=tr.batch_size,
+                shuffle=True,
+                verbose=0,
+                callbacks=callbacks,
+            )
     fill_unseen_embeddings(model, x.cat)
     return model
 

@@ -47,6 +47,14 @@ class Training(_Strict):
     lr_schedule: Literal["constant", "cosine"] = Field(
         default="constant", description="constant, or cosine decay to 5% of learning_rate over all steps."
     )
+    max_rows_per_epoch: int | None = Field(
+        default=2_000_000,
+        gt=0,
+        description="Row budget per epoch (scale cap): when the training split is larger, every epoch trains on "
+        "a fresh random sample of this many rows (pairs x days), so the cosine schedule, the steps and the time "
+        "are bounded; null trains on every row every epoch. Default 2,000,000 (6 stores x 60 items has ~130 K "
+        "rows: not capped; 54 x 500 x 3 years has ~8.5 M).",
+    )
 
 
 class Serving(_Strict):
@@ -57,6 +65,20 @@ class Serving(_Strict):
 class Baselines(_Strict):
     rf_n_estimators: int = Field(gt=0, description="Trees of the CD4ML random forest baseline.")
     ma_days: int = Field(gt=0, description="Days of the moving-average baseline.")
+    rf_max_rows: int = Field(
+        default=500_000,
+        gt=0,
+        description="Scale cap: the random forest is fitted on a random sample (pairs x days) of this many "
+        "training rows when the split is larger. Default 500,000.",
+    )
+    lightgbm_max_rows: int = Field(
+        default=1_000_000,
+        gt=0,
+        description="Scale cap: LightGBM chooses its rounds and is refitted on a random sample (pairs x days) "
+        "of this many training rows when the split is larger. Default 1,000,000.",
+    )
+    lightgbm_max_rounds: int = Field(default=600, gt=0, description="Most boosting rounds (early stopping picks fewer).")
+    lightgbm_threads: int = Field(default=2, gt=0, description="LightGBM num_threads (the target machine has 2 cores).")
 
 
 class Recipe(_Strict):
@@ -70,6 +92,14 @@ class Recipe(_Strict):
     serving: Serving
     holdout_rows: int = Field(gt=0, description="Rows of the validation split shipped for the on-device gate.")
     calibration_rows: int = Field(gt=0, description="Training rows used to calibrate full int8.")
+    parity_max_rows: int = Field(
+        default=100_000,
+        gt=0,
+        description="Scale cap: the exported variants run on a random sample of this many validation rows "
+        "(always including the holdout rows) for the parity gate and their metrics; the gate is a comparison "
+        "with Keras on the same rows, so a large random sample suffices. Default 100,000 (6 x 60 has 5,760 "
+        "validation rows: all of them).",
+    )
     baselines: Baselines
     tolerances: dict[str, Tolerance] = Field(description="Parity tolerance per export variant.")
     variant_preference: list[str] = Field(description="Order in which an agent prefers shipped variants.")
