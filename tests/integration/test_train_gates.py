@@ -59,10 +59,20 @@ def test_model_that_does_not_beat_the_baselines_is_not_shipped(small_data: Path,
 
 
 def test_variant_outside_its_tolerance_is_left_out_and_the_report_says_why(small_data: Path, tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "strict", **{"tolerances.tflite-int8.max_p99_abs_diff": 0.0})
+    # scale caps small enough to bind on this data (issue 14): each applies and report.json records it
+    caps = {"baselines.rf_max_rows": 500, "baselines.lightgbm_max_rows": 3000, "training.max_rows_per_epoch": 6000,
+            "parity_max_rows": 600}  # fmt: skip
+    recipe = _recipe(tmp_path, "strict", **{"tolerances.tflite-int8.max_p99_abs_diff": 0.0}, **caps)
     proc = _train(small_data, tmp_path / "out", recipe)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
+    train_rows, valid_rows = report["dataset"]["train_rows"], report["dataset"]["valid_rows"]
+    assert report["caps"] == {
+        "baseline-rf": {"limit": 500, "rows": train_rows, "used": 500, "applied": True},
+        "baseline-lightgbm": {"limit": 3000, "rows": train_rows, "used": 3000, "applied": True},
+        "keras": {"limit": 6000, "rows": train_rows, "used": 6000, "applied": True, "per_epoch": True, "epochs": 12},
+        "parity": {"limit": 600, "rows": valid_rows, "used": 600, "applied": True},
+    }
     int8 = report["gates"]["parity"]["tflite-int8"]
     assert int8["shipped"] is False and "exceeds 0" in int8["message"] and int8["p99_abs_diff"] > 0
     assert "tflite-int8" not in report["shipped_variants"] and "tflite-fp32" in report["shipped_variants"]
