@@ -333,7 +333,7 @@ def _train(
         metrics[name] = score(py, pred, pper)
         report["slices"]["horizon_day"][name] = group_nwrmsle(py, pred, pper, horizon_labels)
         v = parity_gate(name, pkeras, pred, py, pper, recipe.tolerances[name])
-        variant_gates[name] = {**v.as_dict(), "shipped": v.passed, "size_bytes": len(exported[name])}
+        variant_gates[name] = {**v.as_dict(), "shipped": v.passed, "size_bytes": len(exported[name]), "rows": len(py)}
         logger.info(v.message)
         if v.passed:
             shipped[name] = exported[name]

@@ -73,6 +73,7 @@ def test_variant_outside_its_tolerance_is_left_out_and_the_report_says_why(small
         "keras": {"limit": 6000, "rows": train_rows, "used": 6000, "applied": True, "per_epoch": True, "epochs": 12},
         "parity": {"limit": 600, "rows": valid_rows, "used": 600, "applied": True},
     }
+    assert {g["rows"] for g in report["gates"]["parity"].values()} == {600}  # the variants ran on the sample
     int8 = report["gates"]["parity"]["tflite-int8"]
     assert int8["shipped"] is False and "exceeds 0" in int8["message"] and int8["p99_abs_diff"] > 0
     assert "tflite-int8" not in report["shipped_variants"] and "tflite-fp32" in report["shipped_variants"]
