@@ -35,8 +35,10 @@ from edge.config import AgentConfig
 from edge.store.crash import crash_point
 from edge.store.gate import GateFailed, gate_predictor
 from edge.runtimes.hardware import Choice, choose, detect
+from edge.serving.auth import http_auth_for
 from edge.serving.http import HttpServer, create_app
 from edge.monitoring.metrics import AgentMetrics
+from edge.delivery.commands import CandidateAuthority
 from edge.delivery.link import MqttLink
 from edge.serving.mqtt import MqttServing
 from edge.serving.predictor import Predictor
@@ -88,6 +90,7 @@ class Agent:
         # batching, shadow / A-B, online lag state, drift, prediction log (edge.serving.pipeline); telemetry on start
         self.serving = Serving.for_agent(self)
         self.telemetry: Telemetry | None = None
+        self._start_notes: list[tuple[str, dict[str, Any]]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> Agent:
@@ -114,6 +117,8 @@ class Agent:
                 device_id=self.config.device_id,
                 max_body_bytes=self.config.max_body_bytes,
                 routes=self.serving.routes(),
+                health=self.health,
+                auth=http_auth_for(self.config),
             )
             self.http = HttpServer(app, host, port)
             self.http.start()
@@ -129,14 +134,22 @@ class Agent:
                 trust=self.trust,
                 report=self._step,
                 activate_installed=self.activate_installed,
+                on_trust_changed=self.recheck_trust,
             )
-            mqtt_serving = MqttServing(self.serving, self.mqtt, max_payload_bytes=self.config.max_body_bytes)
+            authority = CandidateAuthority(self.trust, self.config, installed=self.installed_digest, blocked=self.blocked)
+            mqtt_serving = MqttServing(
+                self.serving, self.mqtt, max_payload_bytes=self.config.max_body_bytes, authorize=authority
+            )
             mqtt_serving.register_command("assign", self.mqtt.delivery.on_assign)  # signed assignments (edge.delivery.updater)
             mqtt_serving.attach()
             self.telemetry = telemetry_for_agent(self)
             self.telemetry.attach(self.mqtt)  # events, too, get sequence numbers and the on-disk spool
             self.telemetry.start()
             self.mqtt.start()
+        for kind, detail in self._start_notes:  # what start-up decided before events could be sent
+            self._note(kind, **detail)
+        self._start_notes.clear()
+        self._check_stale()
         logger.info(
             "agent started",
             extra={
@@ -179,6 +192,13 @@ class Agent:
     @property
     def http_url(self) -> str | None:
         return self.http.url if self.http is not None else None
+
+    def health(self) -> dict[str, Any]:
+        """Extra ``/healthz`` fields: the MQTT loop (a dead one is restarted and counted) and trust."""
+        out: dict[str, Any] = {"trust": {"keylist_version": self.trust.keylist_version, "stale": self.trust.stale()}}
+        if self.mqtt is not None:
+            out["mqtt"] = self.mqtt.health()
+        return out
 
     @property
     def refused(self) -> dict[str, str]:
@@ -317,10 +337,99 @@ class Agent:
                 skip.add(version)
             else:
                 if before is not None and (before.version, before.digest) != (version, bundle.digest):
-                    self.metrics.model_rollbacks.labels("damaged").inc()  # the active one did not verify or load
+                    why = self._why_unverified(before.version)
+                    if why is not None and why[0] == "bad_signature":  # its key was revoked: say so, loudly
+                        self.metrics.model_rollbacks.labels("revoked").inc()
+                        self.metrics.revoked_model_actions.labels("switched").inc()
+                        self._start_notes.append(("revoked_model", {
+                            "action": "switched", "from_version": before.version, "version": version, "message": why[1]}))
+                    else:
+                        self.metrics.model_rollbacks.labels("damaged").inc()  # the active one did not verify or load
                 self.history.record_activation(version, bundle.digest)
                 return
         logger.warning("no model installed yet; serving 503 until one arrives")
+
+    def installed_digest(self, version: int) -> str | None:
+        """The digest of installed ``version`` if it verifies with the keys trusted now (installed
+        versions passed the gate: a gate failure removes them), else None."""
+        try:
+            return verify_unpacked(self.store.version_dir(version), self.store.trusted).digest
+        except (BundleError, OSError):
+            return None
+
+    def blocked(self, version: int, digest: str) -> str | None:
+        """Why ``version`` may not serve (rolled back), or None."""
+        if version in self._no_serve or self.history.is_rolled_back(digest):
+            return "was rolled back and is never served again"
+        return None
+
+    def _why_unverified(self, version: int) -> tuple[str, str] | None:
+        """None if installed ``version`` verifies with the keys trusted now, else (reason, message)."""
+        try:
+            verify_unpacked(self.store.version_dir(version), self.store.trusted)
+            return None
+        except BundleError as exc:
+            return exc.reason, str(exc)
+        except OSError as exc:
+            return "missing_member", str(exc)
+
+    def _note(self, kind: str, **detail: Any) -> None:
+        log = logger.error if kind in ("revoked_model", "keylist_stale") else logger.info
+        log("%s: %s", kind, detail)
+        if self.mqtt is not None:
+            self.mqtt.publish_event(kind, **detail)
+            self.mqtt.publish_state()
+
+    def _check_stale(self) -> None:
+        stale = self.trust.stale()
+        self.metrics.keylist_stale.set(1 if stale else 0)
+        if stale:
+            self._note("keylist_stale", keylist_version=self.trust.keylist_version,
+                       expires_at=self.trust.info()["expires_at"])  # fmt: skip
+
+    def recheck_trust(self) -> None:
+        """The revocation policy, run whenever the trusted keys change (a new key list).
+
+        A model whose signature no longer verifies (its key was revoked) is never served: the agent
+        switches to the newest installed version that still verifies with the current keys (and was
+        not rolled back), recorded as a rollback (``rolled_back`` reason ``revoked_key``, metric
+        ``edgeship_model_rollbacks_total{reason="revoked"}``) and a ``revoked_model`` event; if none
+        verifies it stops serving (503, status ``no_model``, event action ``stopped``) rather than
+        serve a model nobody trusted signs. The same rule applies at start-up."""
+        self._check_stale()
+        with self._update_lock:
+            current = self.predictor
+            if current is None:
+                return
+            why = self._why_unverified(current.version)
+            if why is None:
+                return
+            for v in sorted(self.store.versions(), reverse=True):
+                if v == current.version or v in self._no_serve:
+                    continue
+                try:
+                    bundle = verify_unpacked(self.store.version_dir(v), self.store.trusted)
+                    if self.config.model is not None and bundle.manifest.name != self.config.model:
+                        continue
+                    predictor = self._open_predictor(bundle)
+                except Exception as exc:
+                    logger.info("v%d cannot replace the revoked model: %s", v, exc)
+                    continue
+                self.store.activate(v)
+                self.history.record_activation(v, bundle.digest)
+                self._serve(predictor)
+                self._no_serve.add(current.version)
+                self.metrics.model_rollbacks.labels("revoked").inc()
+                self.metrics.revoked_model_actions.labels("switched").inc()
+                self._note("revoked_model", action="switched", from_version=current.version, version=v, message=why[1])
+                self._step("rolled_back", v, reason="revoked_key")
+                return
+            self.slot.swap(None)
+            self.metrics.set_model(None)
+            self._status = "no_model"
+            self._no_serve.add(current.version)
+            self.metrics.revoked_model_actions.labels("stopped").inc()
+            self._note("revoked_model", action="stopped", from_version=current.version, message=why[1])
 
     def should_fetch(self, ann: ModelAnnouncement) -> str | None:
         """None if the announced bundle should be downloaded, else why not."""

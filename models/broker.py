@@ -62,6 +62,9 @@ def new_client(client_id: str, url: BrokerURL, *, clean_session: bool = True) ->
         protocol=mqtt.MQTTv311,
         clean_session=clean_session,
     )
+    # No payload may kill the network thread: an exception in any callback is logged by paho and the
+    # loop goes on (attack: one retained NaN document stopped updates for a whole fleet).
+    client.suppress_exceptions = True
     user = os.environ.get("EDGESHIP_MQTT_USERNAME")
     if user:
         client.username_pw_set(user, os.environ.get("EDGESHIP_MQTT_PASSWORD"))

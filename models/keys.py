@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from models.envelope import Signed, verify_document
+from models.envelope import MalformedDocument, Signed, verify_document
 from models.signing import SignatureError, key_id
 
 __all__ = ["KeyEntry", "KeyList", "KeyListError", "verify_keylist", "public_from_b64", "public_to_b64"]
@@ -104,6 +104,8 @@ def verify_keylist(
     """The :class:`KeyList` in ``envelope`` if a root key signed it and it has not expired."""
     try:
         doc, _ = verify_document(envelope, roots)
+    except MalformedDocument as exc:
+        raise KeyListError("malformed", f"key list: {exc}") from exc
     except SignatureError as exc:
         raise KeyListError("bad_signature", f"key list: {exc}") from exc
     try:

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from models.contract import IsoDate
+from models.envelope import Signed
 from models.messages import ActiveModel, Identifier, utcnow
 
 __all__ = [
@@ -120,3 +121,7 @@ class CandidateCommand(_Message):
     mode: Literal["shadow", "ab"] = Field(default="shadow", description="shadow: answers not returned; ab: a share.")
     share: float = Field(default=1.0, ge=0.0, le=1.0, description="ab: share of traffic; shadow: share mirrored.")
     correlation_id: _CorrelationId | None = None
+    signed: Signed | None = Field(
+        default=None, description="The signed order (models.targets.CandidateOrder); the device acts on it alone "
+        "and refuses a command without one."
+    )

@@ -44,6 +44,7 @@ from models.signing import load_private_key
 from models.targets import BundleRef, Targets, announcement_of
 
 __all__ = [
+    "sign_candidate",
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_EXPIRES_S",
     "PreparedBundle",
@@ -178,6 +179,31 @@ def sign_targets(
         expires_at=now + dt.timedelta(seconds=expires_in),
     )
     return t, sign_document(t.document(), _private(key))
+
+
+def sign_candidate(
+    key: str | Path | Ed25519PrivateKey,
+    *,
+    model: str,
+    devices: Sequence[str],
+    version: int | None = None,
+    sha256: str | None = None,
+    fleet: str = "default",
+    mode: str = "shadow",
+    share: float = 1.0,
+    expires_in: float = 3600.0,
+    now: dt.datetime | None = None,
+) -> Signed:
+    """A signed ``candidate`` order for ``devices`` (models.targets.CandidateOrder): send it as
+    ``{"command": "candidate", "signed": <this>}`` on each device's ``set`` topic."""
+    from models.targets import CandidateOrder
+
+    now = now or utcnow()
+    order = CandidateOrder(
+        model=model, version=version, sha256=sha256, fleet=topics.validate_id(fleet, "fleet"), devices=list(devices),
+        mode=mode, share=share, issued_at=now, expires_at=now + dt.timedelta(seconds=expires_in),  # type: ignore[arg-type]
+    )  # fmt: skip
+    return sign_document(order.document(), _private(key))
 
 
 def announcement_for(

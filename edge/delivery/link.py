@@ -60,6 +60,7 @@ class MqttLink:
         trust: TrustStore | None = None,
         report: Callable[..., None] | None = None,
         activate_installed: Callable[[int, str], bool] | None = None,
+        on_trust_changed: Callable[[], None] | None = None,
     ) -> None:
         url = config.broker_url
         if url is None:
@@ -76,6 +77,8 @@ class MqttLink:
         self._lock = threading.RLock()
         self._stopping = False
         self._connected = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self.loop_restarts = 0
         #: Called with the client after every (re)connect (edge.serving.mqtt subscribes its requests here).
         self.on_connected: list[Callable[[mqtt.Client], None]] = []
         #: When set, events go through it (edge.monitoring.telemetry: sequenced, spooled on disk, none lost offline).
@@ -108,6 +111,7 @@ class MqttLink:
             event=self.publish_event,
             publish_state=self.publish_state,
             activate_installed=activate_installed,
+            on_trust_changed=on_trust_changed,
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -116,7 +120,37 @@ class MqttLink:
         self.delivery.start()
         self.client.connect_async(self.url.host, self.url.port, keepalive=self.config.keepalive_s)
         self.client.loop_start()
+        self._watchdog = threading.Thread(target=self._watch_loop, name="edgeship-mqtt-watchdog", daemon=True)
+        self._watchdog.start()
         logger.info("connecting to MQTT broker", extra={"broker": str(self.url)})
+
+    def loop_alive(self) -> bool:
+        """Whether paho's network thread is running (a callback that raised would have ended it)."""
+        thread = getattr(self.client, "_thread", None)
+        return thread is not None and thread.is_alive()
+
+    def _watch_loop(self, interval: float = 1.0) -> None:
+        """Restart a dead network loop (counted, shown in ``/healthz``): a device never stays deaf."""
+        stop = threading.Event()
+        while not self._stopping:
+            stop.wait(interval)
+            if self._stopping:
+                return
+            if not self.loop_alive():
+                self.loop_restarts += 1
+                self.metrics.mqtt_loop_restarts.inc()
+                self._connected.clear()
+                logger.error("MQTT network loop died; restarting it (restart %d)", self.loop_restarts)
+                try:
+                    self.client._thread = None  # paho refuses loop_start while the dead thread is referenced
+                    self.client.loop_start()
+                    self.client.reconnect()
+                except Exception as exc:  # the loop's own reconnects take over from here
+                    logger.warning("MQTT reconnect after loop restart failed: %s", exc)
+
+    def health(self) -> dict[str, Any]:
+        """For ``/healthz``: is the MQTT side alive and connected."""
+        return {"connected": self.connected, "loop_alive": self.loop_alive(), "loop_restarts": self.loop_restarts}
 
     @property
     def connected(self) -> bool:

@@ -58,7 +58,8 @@ from models import topics
 from models.envelope import Signed
 from models.keys import KeyListError
 from models.messages import ActiveModel, ChunkRequest, DeviceCommand, ModelAnnouncement
-from models.targets import Targets, TargetsError, announcement_of, applicability, verify_targets
+from models.signing import key_id
+from models.targets import MAX_CLOCK_SKEW, Targets, TargetsError, announcement_of, applicability, verify_targets
 
 __all__ = ["Delivery", "UNREMEMBERED", "ranges"]
 
@@ -67,7 +68,7 @@ logger = logging.getLogger(__name__)
 #: Refusal reasons about the metadata, not the bundle's bytes: never remembered against the bundle's
 #: sha256 (the same bundle may come back properly signed, current, or meant for this device).
 UNREMEMBERED = frozenset(
-    {"unsigned", "bad_signature", "malformed", "expired", "wrong_fleet", "wrong_device", "wrong_hardware",
+    {"unsigned", "bad_signature", "malformed", "expired", "future", "keylist_expired", "wrong_fleet", "wrong_device", "wrong_hardware",
      "rollback", "version_conflict", "rollback_unavailable", "endless_data", "stalled", "disk"}
 )  # fmt: skip
 _TICK_S = 0.1
@@ -103,6 +104,7 @@ class Delivery:
         event: Callable[..., None],
         publish_state: Callable[[], None],
         activate_installed: Callable[[int, str], bool] | None = None,
+        on_trust_changed: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -117,6 +119,7 @@ class Delivery:
         self._event = event
         self._publish_state = publish_state
         self._activate_installed = activate_installed
+        self._on_trust_changed = on_trust_changed
         fleet, device = config.fleet, config.device_id
         self.announce_filter = topics.model_announce(fleet, config.model)
         self.command_topic = topics.command(fleet, device)
@@ -135,13 +138,15 @@ class Delivery:
         self._tokens = 0.0
         self._tokens_at = time.monotonic()
         self._handed_off: set[str] = set()
-        self._reported: set[tuple[str, str, str]] = set()
+        # refusals already reported: bounded (keys can hold unsigned fields an attacker varies at will)
+        self._reported: collections.OrderedDict[tuple[str, str, str], None] = collections.OrderedDict()
         self._seen: dict[tuple[str, str], ModelAnnouncement] = {}
         self._jobs: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
         self._state_path = Path(config.state_dir) / "delivery.json"
-        self._issued: dict[str, dt.datetime] = self._load_issued()
+        #: per model: (issued_at, version, signing key id) of the newest target acted on (the replay check)
+        self._issued: dict[str, tuple[dt.datetime, int, str]] = self._load_issued()
         #: Counters for tests and benchmarks: chunk payload bytes and metadata bytes received, etc.
         self.stats: collections.Counter[str] = collections.Counter()
         self.downloaded_at: float | None = None  # time.monotonic() of the last complete transfer
@@ -285,14 +290,17 @@ class Delivery:
         try:
             changed = self.trust.update(env)
         except KeyListError as exc:
-            key = ("keylist", exc.reason, json.dumps(env.signed.get("version")))
-            if key not in self._reported:
-                self._reported.add(key)
+            key = ("keylist", exc.reason, json.dumps(env.signed.get("version"), default=str)[:64])
+            self.metrics.refused_documents.labels(exc.reason).inc()
+            if self._first_report(key):
                 logger.warning("key list refused: %s", exc, extra={"reason": exc.reason})
                 self._event("keylist_refused", reason=exc.reason, message=str(exc))
             return
         if changed:
+            self.forget_revoked()
             self._event("keylist", version=self.trust.keylist_version, keys=self.trust.info()["keys"])
+            if self._on_trust_changed is not None:  # re-verify what is served (edge.agent: revocation policy)
+                self._jobs.put(("trust", None))
             self._publish_state()
             for (source, _model), ann in list(self._seen.items()):  # what failed for want of a key may verify now
                 self._consider(ann, source, from_keylist=True)
@@ -303,11 +311,19 @@ class Delivery:
 
     def _refuse(self, version: int, sha256: str, reason: str, message: str, stamp: str) -> None:
         """Report a refusal once per (bundle, reason, document)."""
-        key = (sha256, reason, stamp)
-        if key in self._reported:
+        self.metrics.refused_documents.labels(reason).inc()
+        if not self._first_report((sha256, reason, stamp)):
             return
-        self._reported.add(key)
         self._report("refused", version, reason, message=message, sha256=sha256)
+
+    def _first_report(self, key: tuple[str, str, str], limit: int = 512) -> bool:
+        """True the first time ``key`` is seen (the memory is bounded: oldest forgotten first)."""
+        if key in self._reported:
+            return False
+        self._reported[key] = None
+        while len(self._reported) > limit:
+            self._reported.popitem(last=False)
+        return True
 
     def _consider(self, ann: ModelAnnouncement, source: str, *, from_keylist: bool = False) -> None:
         if ann.keys is not None and not from_keylist:
@@ -333,19 +349,27 @@ class Delivery:
             return
         if c.model is not None and t.model != c.model:
             return
+        if self.trust.stale():
+            self._refuse(t.version, t.sha256, "keylist_expired",
+                         f"the key list v{self.trust.keylist_version} has expired: no update until a current one arrives",
+                         stamp)  # fmt: skip
+            return
         with self._lock:
             newest = self._issued.get(t.model)
-            if newest is not None and t.issued_at < newest:
+            # Replay check. Ordering rests on the signed version (a monotonic counter per model) first:
+            # a newer version is never ignored for its date; issued_at orders only targets for the same
+            # or an older version (a replayed rollback command), and a future-dated one never got here.
+            if newest is not None and t.issued_at < newest[0] and (t.downgrade or t.version <= newest[1]):
                 logger.info(
                     "ignoring %s v%d issued %s: a newer target (issued %s) was acted on",
-                    t.model, t.version, t.issued_at.isoformat(), newest.isoformat(),
+                    t.model, t.version, t.issued_at.isoformat(), newest[0].isoformat(),
                 )  # fmt: skip
                 return
             ann_eff = announcement_of(t, ann.targets, ann.keys) if t.bundle is not None else None  # type: ignore[arg-type]
             active = self._active()
             if active is not None and active.name == t.model:
                 if active.digest == t.sha256:
-                    self._set_issued(t)
+                    self._set_issued(t, self._signer(t, ann))
                     self._cancel_other(t.sha256)
                     return
                 if not t.downgrade and t.version < active.version:
@@ -367,32 +391,67 @@ class Delivery:
             if ann_eff is None and not t.downgrade:
                 self._refuse(t.version, t.sha256, "malformed", "targets without transfer data", stamp)
                 return
-            self._set_issued(t)
+            self._set_issued(t, self._signer(t, ann))
             if t.downgrade:
                 self._cancel_other(t.sha256)
                 self._jobs.put(("rollback", (t, ann_eff)))
             else:
                 self._begin(t, ann_eff)  # type: ignore[arg-type]
 
-    def _set_issued(self, t: Targets) -> None:
-        if self._issued.get(t.model) == t.issued_at:
+    def _signer(self, t: Targets, ann: ModelAnnouncement) -> str:
+        trusted = {key_id(k) for k in self.trust.keys}
+        sigs = ann.targets.signatures if ann.targets is not None else []
+        return next((s.keyid for s in sigs if s.keyid in trusted), "")
+
+    def _set_issued(self, t: Targets, signer: str = "") -> None:
+        held = self._issued.get(t.model)
+        if held is not None and held[0] >= t.issued_at and held[1] >= t.version:
             return
-        self._issued[t.model] = t.issued_at
-        payload = {"issued": {m: v.isoformat() for m, v in self._issued.items()}}
+        self._issued[t.model] = (max(t.issued_at, held[0]) if held and not t.downgrade else t.issued_at, t.version, signer)
+        self._save_issued()
+
+    def _save_issued(self) -> None:
+        payload = {"issued": {m: [v[0].isoformat(), v[1], v[2]] for m, v in self._issued.items()}}
         try:
             atomic_write_bytes(self._state_path, json.dumps(payload).encode())
         except OSError as exc:
             logger.warning("cannot persist delivery state: %s", exc)
 
-    def _load_issued(self) -> dict[str, dt.datetime]:
+    def forget_revoked(self) -> None:
+        """Revoking a key clears what it set: replay marks set by a now-revoked (or no longer trusted) key go."""
+        trusted = {key_id(k) for k in self.trust.keys}
+        with self._lock:
+            gone = [m for m, v in self._issued.items() if v[2] and v[2] not in trusted]
+            for m in gone:
+                logger.warning("forgetting the replay mark for %s: its signing key %s is no longer trusted", m, self._issued[m][2])
+                del self._issued[m]
+            if gone:
+                self._save_issued()
+
+    def _load_issued(self) -> dict[str, tuple[dt.datetime, int, str]]:
         try:
             data = json.loads(self._state_path.read_bytes())
-            return {m: dt.datetime.fromisoformat(v) for m, v in data.get("issued", {}).items()}
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError, AttributeError) as exc:
+        except (OSError, ValueError) as exc:
             logger.warning("delivery state unreadable, starting afresh: %s", exc)
             return {}
+        limit = dt.datetime.now(dt.timezone.utc) + MAX_CLOCK_SKEW
+        out: dict[str, tuple[dt.datetime, int, str]] = {}
+        for m, v in (data.get("issued", {}) if isinstance(data, dict) else {}).items():
+            try:
+                at, version, signer = (v, 0, "") if isinstance(v, str) else (v[0], int(v[1]), str(v[2]))
+                when = dt.datetime.fromisoformat(at)
+                if when.tzinfo is None:
+                    raise ValueError("no time zone")
+            except (ValueError, TypeError, IndexError) as exc:
+                logger.warning("delivery state: dropping the entry for %s (%s)", m, exc)
+                continue
+            if when > limit:  # written by a signer with a wrong clock (or before future dates were refused)
+                logger.warning("delivery state: dropping %s's replay mark dated %s, in the future", m, at)
+                continue
+            out[m] = (when, version, signer)
+        return out
 
     def _cancel_other(self, sha256: str) -> None:
         with self._lock:
@@ -529,6 +588,8 @@ class Delivery:
                     self._install(arg)
                 elif kind == "rollback":
                     self._rollback(*arg)
+                elif kind == "trust" and self._on_trust_changed is not None:
+                    self._on_trust_changed()
             except Exception:
                 logger.exception("delivery job %s failed", kind)
             self._tick()

@@ -89,6 +89,22 @@ class AgentMetrics:
         )
         self.bad_chunks = Counter("edgeship_bad_chunks", "Bundle chunks rejected (hash, size or index).", registry=r)
         self.bad_messages = Counter("edgeship_bad_messages", "MQTT messages that could not be parsed.", registry=r)
+        # security (issue 7)
+        self.mqtt_loop_restarts = Counter(
+            "edgeship_mqtt_loop_restarts", "MQTT network loops found dead and restarted by the watchdog.", registry=r
+        )
+        self.refused_documents = Counter(
+            "edgeship_refused_documents", "Signed documents or commands refused, by reason.", ["reason"], registry=r
+        )
+        self.keylist_stale = Gauge(
+            "edgeship_keylist_stale", "1 while the held root-signed key list has expired (updates refused).", registry=r
+        )
+        self.revoked_model_actions = Counter(
+            "edgeship_revoked_model_actions",
+            "Served or fallback models found signed by a revoked key, by what the agent did (switched, stopped).",
+            ["action"],
+            registry=r,
+        )
         if process:
             ProcessCollector(registry=r)
 

@@ -35,7 +35,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvicorn
@@ -90,6 +90,8 @@ def create_app(
     device_id: str,
     max_body_bytes: int = 1 << 20,
     routes: Sequence[BaseRoute] = (),
+    health: Callable[[], dict[str, Any]] | None = None,
+    auth: Any = None,
 ) -> Starlette:
     """The agent's HTTP app, serving whatever predictor ``slot`` holds at each request.
 
@@ -133,13 +135,14 @@ def create_app(
     async def healthz(_request: Request) -> Response:
         current = slot.current
         model = current.info.model_dump() if current is not None else None  # type: ignore[attr-defined]
-        return JSONResponse({"status": "ok" if model else "no_model", "device_id": device_id, "model": model})
+        extra = health() if health is not None else {}  # e.g. {"mqtt": {...}, "trust": {...}} from the agent
+        return JSONResponse({"status": "ok" if model else "no_model", "device_id": device_id, "model": model, **extra})
 
     async def prometheus(_request: Request) -> Response:
         body, content_type = metrics.exposition()
         return Response(body, headers={"Content-Type": content_type})
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/predict", predict, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
@@ -147,6 +150,11 @@ def create_app(
             *routes,
         ]
     )
+    if auth is not None:  # edge.serving.auth: bearer token for writes, JSON content type, optional for reads
+        from edge.serving.auth import install
+
+        install(app, auth)
+    return app
 
 
 class HttpServer:

@@ -22,7 +22,8 @@ at most every ``flush_interval_s`` and on stop, and restored on start.
 
 Rules a report must keep (all or nothing, 4xx naming ``sales[i].<field>``): schema (``required``,
 ``date_format``, ``finite``…), ``known_store``, ``known_item``, ``window`` (not older than the lag
-window), ``date_advance`` (at most ``max_advance_days`` after the last known day), ``duplicate``
+window), ``date_advance`` (at most ``max_advance_days`` after the last known day), ``future`` (at most
+``max_future_days`` after the device's own date: no report can block the days ahead), ``duplicate``
 (one value per store×item×day per report), ``max_rows`` (413).
 """
 
@@ -67,6 +68,11 @@ class OnlineStateConfig(BaseModel):
     )
     max_advance_days: int = Field(
         default=W, ge=1, le=3660, description="A reported day may be at most this many days after the last known one."
+    )
+    max_future_days: int = Field(
+        default=1, ge=0, le=7, description="A reported day may be at most this many days after the device's "
+        "UTC date (time zones and clock skew); later days are refused (rule 'future'), so no report can move "
+        "the lag window past today and block predictions for the days ahead."
     )
 
 
@@ -205,6 +211,8 @@ class OnlineState:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: The device's date (UTC); replaceable in tests that simulate a device clock.
+        self.today: Any = lambda: np.datetime64(np.datetime64("now", "s"), "D")
 
     # -- lifecycle --------------------------------------------------------------------------
     def load(self) -> None:
@@ -317,6 +325,7 @@ class OnlineState:
         sales = np.array([r.unit_sales for r in rows], np.float64)
         first = end - (W - 1) * _DAY
         last = end + self.config.max_advance_days * _DAY
+        latest = self.today() + self.config.max_future_days * _DAY  # never past the device's clock
         s_ok = tables.store_index(store) >= 0
         i_ok = tables.item_index(item) >= 0
         d_ok = (dates >= first) & (dates <= last)
@@ -332,6 +341,11 @@ class OnlineState:
             if dates[r] < first:
                 problems.append(
                     detail(f"{f}.date", "window", f"{dates[r]} is before the lag window, which starts {first}")
+                )
+            elif dates[r] > latest:
+                problems.append(
+                    detail(f"{f}.date", "future", f"{dates[r]} is after the device's date {latest - self.config.max_future_days * _DAY}"
+                           f" (+{self.config.max_future_days} day(s) allowed)")
                 )
             elif not d_ok[r]:
                 problems.append(
