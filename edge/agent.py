@@ -149,7 +149,6 @@ class Agent:
         for kind, detail in self._start_notes:  # what start-up decided before events could be sent
             self._note(kind, **detail)
         self._start_notes.clear()
-        self._check_stale()
         logger.info(
             "agent started",
             extra={
@@ -380,13 +379,6 @@ class Agent:
             self.mqtt.publish_event(kind, **detail)
             self.mqtt.publish_state()
 
-    def _check_stale(self) -> None:
-        stale = self.trust.stale()
-        self.metrics.keylist_stale.set(1 if stale else 0)
-        if stale:
-            self._note("keylist_stale", keylist_version=self.trust.keylist_version,
-                       expires_at=self.trust.info()["expires_at"])  # fmt: skip
-
     def recheck_trust(self) -> None:
         """The revocation policy, run whenever the trusted keys change (a new key list).
 
@@ -396,7 +388,6 @@ class Agent:
         ``edgeship_model_rollbacks_total{reason="revoked"}``) and a ``revoked_model`` event; if none
         verifies it stops serving (503, status ``no_model``, event action ``stopped``) rather than
         serve a model nobody trusted signs. The same rule applies at start-up."""
-        self._check_stale()
         with self._update_lock:
             current = self.predictor
             if current is None:

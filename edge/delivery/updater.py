@@ -120,6 +120,7 @@ class Delivery:
         self._publish_state = publish_state
         self._activate_installed = activate_installed
         self._on_trust_changed = on_trust_changed
+        self._stale_reported = False
         fleet, device = config.fleet, config.device_id
         self.announce_filter = topics.model_announce(fleet, config.model)
         self.command_topic = topics.command(fleet, device)
@@ -616,7 +617,20 @@ class Delivery:
             return
         self._begin(t, ann)
 
+    def _check_stale(self) -> None:
+        """An expired key list is a loud state (metric, event, log), never silent trust."""
+        stale = self.trust.stale()
+        self.metrics.keylist_stale.set(1 if stale else 0)
+        if stale and not self._stale_reported:
+            logger.error("the key list v%s has expired: updates are refused until a current one arrives",
+                         self.trust.keylist_version)  # fmt: skip
+            self._event("keylist_stale", keylist_version=self.trust.keylist_version,
+                        expires_at=self.trust.info()["expires_at"])  # fmt: skip
+            self._publish_state()
+        self._stale_reported = stale
+
     def _tick(self) -> None:
+        self._check_stale()
         with self._lock:
             now = time.monotonic()
             if not self._connected():

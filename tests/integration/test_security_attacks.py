@@ -224,3 +224,187 @@ def test_attack4_unsigned_or_stale_candidate_commands_cannot_bring_back_a_rolled
         assert _version(agent) == 1
     finally:
         agent.stop()
+
+
+# -- 2 ----------------------------------------------------------------------------------------
+END = np.datetime64(STATE_END, "D")
+
+
+def _day(offset: int) -> str:
+    return str(END + np.timedelta64(offset, "D"))
+
+
+def _sales(token: str | None, rows: list[dict], url: str, ctype: str = "application/json") -> httpx.Response:
+    headers = {"Content-Type": ctype, **({"Authorization": f"Bearer {token}"} if token else {})}
+    return httpx.post(f"{url}/v1/sales", content=json.dumps({"sales": rows}), headers=headers)
+
+
+def test_attack2_http_writes_need_a_token_and_json_and_no_report_blocks_predictions(tmp_path, kit, mosquitto, cloud):
+    pub, _watch = cloud
+    key = kit["trusted"].private
+    token = "t0k3n-" + "x" * 26
+    token_file = tmp_path / "http.token"
+    token_file.write_text(token + "\n")
+    fields = {"trust": [kit["trusted"].pub_path], "http": "127.0.0.1:0", "http_token_file": token_file}
+    agent = start_agent(tmp_path, mosquitto.url, **fields)
+    row = {"date": _day(3), "store_nbr": 1, "item_nbr": 103520, "onpromotion": False}
+    sale = {"date": _day(1), "store_nbr": 1, "item_nbr": 103520, "unit_sales": 3}
+    try:
+        ship(pub, kit["bundles"][1], key)
+        wait_for(lambda: _version(agent) == 1, "v1 active")
+        url = agent.http_url
+        agent.serving.online.today = lambda: END + np.timedelta64(1, "D")  # the device's clock: the day after the bundle
+        # no token, a wrong token, or a cross-site "simple request" (text/plain): refused, nothing applied
+        r = _sales(None, [sale], url)
+        assert r.status_code == 401 and r.json()["error"]["details"][0]["field"] == "Authorization"
+        assert _sales("wrong-" + "y" * 20, [sale], url).status_code == 401
+        r = _sales(token, [sale], url, ctype="text/plain")
+        assert r.status_code == 415 and r.json()["error"]["details"][0]["field"] == "Content-Type"
+        r = httpx.post(f"{url}/v1/predict", content=json.dumps({"instances": [row]}), headers={"Content-Type": "text/plain"})
+        assert r.status_code == 415
+        # reading routes stay open without a credential
+        assert httpx.post(f"{url}/v1/predict", json={"instances": [row]}).status_code == 200
+        assert httpx.get(f"{url}/healthz").status_code == 200 and httpx.get(f"{url}/metrics").status_code == 200
+        # the attack with the token (a leaked token or a compromised till): 30 reports, each 56 days ahead
+        for k in range(1, 31):
+            r = _sales(token, [{**sale, "date": _day(56 * k)}], url)
+            assert r.status_code == 422 and r.json()["error"]["details"][0]["rule"] == "future", r.text
+        # a report dated the device's today (+1 day skew) is fine, and valid predictions still answer
+        assert _sales(token, [sale, {**sale, "date": _day(2)}], url).status_code == 200
+        r = httpx.post(f"{url}/v1/predict", json={"instances": [row]})
+        assert r.status_code == 200, r.text
+    finally:
+        agent.stop()
+    # ... after a restart and a model update too
+    agent = start_agent(tmp_path, mosquitto.url, **fields)
+    try:
+        agent.serving.online.today = lambda: END + np.timedelta64(1, "D")
+        ship(pub, kit["bundles"][2], key)
+        wait_for(lambda: _version(agent) == 2, "v2 active")
+        assert httpx.post(f"{agent.http_url}/v1/predict", json={"instances": [row]}).status_code == 200
+    finally:
+        agent.stop()
+    # reads can be made to need the token; a bare port listens on loopback only
+    agent = start_agent(tmp_path, mosquitto.url, **fields, http_auth_reads=True)
+    try:
+        assert httpx.get(f"{agent.http_url}/healthz").status_code == 401
+        assert httpx.get(f"{agent.http_url}/healthz", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    finally:
+        agent.stop()
+    from edge.config import AgentConfig
+
+    assert AgentConfig(device_id="d", state_dir=tmp_path, trust=[kit["trusted"].pub_path], http="8080").http_address == (
+        "127.0.0.1", 8080)
+
+
+# -- 5 ----------------------------------------------------------------------------------------
+def test_attack5_revoking_a_key_stops_the_model_it_signed_with_an_event_and_a_metric(tmp_path, mosquitto, cloud):
+    pub, watch = cloud
+    keys = tmp_path / "keys"
+    root_key, root_pub = init_root(keys)
+    k1, k2 = keypair(keys, "k1"), keypair(keys, "k2")
+    keylist = keys / "keylist.json"
+    b1 = build_bundle(tmp_path / f"{MODEL}-v1.bundle.tar", k2.private, version=1)[0]
+    b2 = build_bundle(tmp_path / f"{MODEL}-v2.bundle.tar", k1.private, version=2)[0]
+    add_signing_key(keylist, root_key, k1.pub_path)
+    add_signing_key(keylist, root_key, k2.pub_path)
+    both = Signed.model_validate_json(keylist.read_bytes())
+    revoke_signing_key(keylist, root_key, k1.pub_path)
+    without_k1 = Signed.model_validate_json(keylist.read_bytes())
+    revoke_signing_key(keylist, root_key, k2.pub_path)
+    without_both = Signed.model_validate_json(keylist.read_bytes())
+    agent = start_agent(tmp_path, mosquitto.url, trust_root=[root_pub], http="127.0.0.1:0")
+    try:
+        ship(pub, b1, k2.private, keys=both)
+        wait_for(lambda: _version(agent) == 1, "v1 (k2) active")
+        ship(pub, b2, k1.private, keys=both)
+        wait_for(lambda: _version(agent) == 2, "v2 (k1) active")
+        pub.publish_keylist(without_k1)  # k1 leaked: revoked
+        event = watch.wait("store-1", "revoked_model", action="switched")
+        assert event["detail"]["from_version"] == 2 and event["detail"]["version"] == 1
+        wait_for(lambda: _version(agent) == 1, "the running agent stops serving the k1-signed v2")
+        value = agent.metrics.registry.get_sample_value
+        assert value("edgeship_model_rollbacks_total", {"reason": "revoked"}) == 1
+        assert value("edgeship_revoked_model_actions_total", {"action": "switched"}) == 1
+        watch.wait("store-1", "rolled_back", version=1, reason="revoked_key")
+        # nothing left that a trusted key signed: it stops serving rather than serve it
+        pub.publish_keylist(without_both)
+        watch.wait("store-1", "revoked_model", action="stopped")
+        wait_for(lambda: agent.predictor is None, "no model served")
+        row = {"date": _day(3), "store_nbr": 1, "item_nbr": 103520, "onpromotion": False}
+        assert httpx.post(f"{agent.http_url}/v1/predict", json={"instances": [row]}).status_code == 503
+        assert httpx.get(f"{agent.http_url}/healthz").json()["status"] == "no_model"
+    finally:
+        agent.stop()
+
+
+def test_attack5_after_a_restart_the_fallback_from_a_revoked_model_is_recorded(tmp_path, mosquitto, cloud):
+    pub, watch = cloud
+    keys = tmp_path / "keys"
+    root_key, root_pub = init_root(keys)
+    k1, k2 = keypair(keys, "k1"), keypair(keys, "k2")
+    keylist = keys / "keylist.json"
+    b1 = build_bundle(tmp_path / f"{MODEL}-v1.bundle.tar", k2.private, version=1)[0]
+    b2 = build_bundle(tmp_path / f"{MODEL}-v2.bundle.tar", k1.private, version=2)[0]
+    add_signing_key(keylist, root_key, k1.pub_path)
+    add_signing_key(keylist, root_key, k2.pub_path)
+    both = Signed.model_validate_json(keylist.read_bytes())
+    agent = start_agent(tmp_path, mosquitto.url, trust_root=[root_pub])
+    try:
+        ship(pub, b1, k2.private, keys=both)
+        wait_for(lambda: _version(agent) == 1, "v1 active")
+        ship(pub, b2, k1.private, keys=both)
+        wait_for(lambda: _version(agent) == 2, "v2 active")
+    finally:
+        agent.stop()
+    # the revocation lands while the device is off (it is on disk when it starts)
+    revoke_signing_key(keylist, root_key, k1.pub_path)
+    (tmp_path / "store-1" / "trust" / "keylist.json").write_bytes(keylist.read_bytes())
+    pub.publish_keylist(Signed.model_validate_json(keylist.read_bytes()))
+    agent = start_agent(tmp_path, mosquitto.url, trust_root=[root_pub])
+    try:
+        assert _version(agent) == 1
+        event = watch.wait("store-1", "revoked_model", action="switched")
+        assert event["detail"]["from_version"] == 2
+        assert agent.metrics.registry.get_sample_value("edgeship_model_rollbacks_total", {"reason": "revoked"}) == 1
+    finally:
+        agent.stop()
+
+
+# -- 6 ----------------------------------------------------------------------------------------
+def test_attack6_key_lists_expire_by_default_and_a_stale_list_is_loud_and_stops_updates(tmp_path, mosquitto, cloud):
+    pub, watch = cloud
+    keys = tmp_path / "keys"
+    root_key, root_pub = init_root(keys)
+    k1 = keypair(keys, "k1")
+    keylist = keys / "keylist.json"
+    default = add_signing_key(tmp_path / "other.json", root_key, k1.pub_path)
+    assert default.expires_at is not None  # lists expire by default
+    b1 = build_bundle(tmp_path / f"{MODEL}-v1.bundle.tar", k1.private, version=1)[0]
+    b2 = build_bundle(tmp_path / f"{MODEL}-v2.bundle.tar", k1.private, version=2)[0]
+    add_signing_key(keylist, root_key, k1.pub_path, expires_in=4)
+    short = Signed.model_validate_json(keylist.read_bytes())
+    agent = start_agent(tmp_path, mosquitto.url, trust_root=[root_pub], http="127.0.0.1:0")
+    try:
+        ship(pub, b1, k1.private, keys=short)
+        wait_for(lambda: _version(agent) == 1, "v1 active")
+        # the list expires while the agent runs (an attacker withholding the next list, e.g. one revoking k1)
+        watch.wait("store-1", "keylist_stale", timeout=20)
+        assert httpx.get(f"{agent.http_url}/healthz").json()["trust"]["stale"] is True
+        assert agent.metrics.registry.get_sample_value("edgeship_keylist_stale") == 1
+        ship(pub, b2, k1.private)
+        watch.wait("store-1", "refused", reason="keylist_expired", version=2)
+        assert _version(agent) == 1  # still serving what it has
+    finally:
+        agent.stop()
+    # at start: the stale list on disk is loud again
+    agent = start_agent(tmp_path, mosquitto.url, trust_root=[root_pub])
+    try:
+        wait_for(lambda: len(watch.of("store-1", "keylist_stale")) >= 2, "keylist_stale at start")
+        assert agent.trust.stale()
+        add_signing_key(keylist, root_key, k1.pub_path, expires_in=3600)  # a current list: updates resume
+        pub.publish_keylist(Signed.model_validate_json(keylist.read_bytes()))
+        wait_for(lambda: _version(agent) == 2, "v2 active once the list is current")
+        assert agent.metrics.registry.get_sample_value("edgeship_keylist_stale") == 0
+    finally:
+        agent.stop()
