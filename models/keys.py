@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from models.envelope import MalformedDocument, Signed, verify_document
 from models.signing import SignatureError, key_id
@@ -84,8 +84,8 @@ class KeyList(_Strict):
     type: Literal["keylist"] = "keylist"
     schema_version: Literal[1] = 1
     version: int = Field(ge=1, description="Only goes up; a device refuses a lower one than it holds.")
-    issued_at: dt.datetime
-    expires_at: dt.datetime | None = Field(default=None, description="After this the list is refused; None = never.")
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime | None = Field(default=None, description="After this the list is refused; None = never.")
     keys: list[KeyEntry] = Field(default_factory=list, max_length=64)
     revoked: list[str] = Field(default_factory=list, max_length=1024, description="Key ids never to trust again.")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, Strict
 
 from models.contract import IsoDate
 from models.envelope import Signed
@@ -109,7 +109,7 @@ class TelemetryRecord(_Message):
     schema_version: Literal[1] = 1
     device_id: Identifier
     seq: int = Field(ge=1, description="Per-device sequence number (telemetry and events together).")
-    at: dt.datetime = Field(default_factory=utcnow)
+    at: AwareDatetime = Field(default_factory=utcnow)
     data: dict[str, Any] = Field(default_factory=dict, description="Counters and gauges at `at`.")
 
 

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from models.envelope import MalformedDocument, Signed, verify_document
 from models.messages import Identifier, ModelAnnouncement, Sha256Hex
@@ -84,8 +84,8 @@ class Targets(_Strict):
     attributes: dict[str, str] = Field(default_factory=dict, description="Devices must report these attributes.")
     downgrade: bool = Field(default=False, description="A signed rollback command: install even if older.")
     rollout: str | None = Field(default=None, max_length=64, description="Rollout id (reporting only).")
-    issued_at: dt.datetime
-    expires_at: dt.datetime
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
 
     def document(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -196,8 +196,8 @@ class CandidateOrder(_Strict):
     devices: list[Identifier] = Field(min_length=1, max_length=10000, description="The devices it is for (never all).")
     mode: Literal["shadow", "ab"] = "shadow"
     share: float = Field(default=1.0, ge=0.0, le=1.0)
-    issued_at: dt.datetime
-    expires_at: dt.datetime
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
 
     def document(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -81,6 +81,8 @@ _ALIVE_S = 10.0
 DEFAULT_RULES = ("failed>0", "gate_failed>0")
 #: Device failures that say nothing about the bundle (a retry may succeed): only the timeout catches them.
 _TRANSIENT = {"stalled", "disk", "endless_data"}
+#: Refusals of documents that did not verify (anyone can publish those): never a device failure.
+_UNVERIFIED = {"unsigned", "bad_signature", "malformed", "future"}
 _PROGRESS = ("assigned", "downloading", "downloaded", "received", "verified", "gate_passed", "active")
 
 
@@ -391,7 +393,11 @@ class Rollout:
                 if kind == "gate_failed":
                     self._set(device, "gate_failed", detail.get("reason") or "gate_failed")
                 elif kind in ("refused", "failed"):
-                    if detail.get("reason") in _TRANSIENT:
+                    if kind == "refused" and (
+                        detail.get("reason") in _UNVERIFIED or detail.get("sha256") not in (None, self.bundle.sha256)
+                    ):  # a refusal of someone else's (unverifiable) document says nothing about this rollout
+                        self._log("%s: refused %s (not this rollout's document; ignored)", device, detail.get("reason"))
+                    elif detail.get("reason") in _TRANSIENT:
                         self._log("%s: %s %s (transient; waiting)", device, kind, detail.get("reason"))
                     elif rec["status"] != "active":
                         self._set(device, "failed", detail.get("reason") or kind)
@@ -552,7 +558,20 @@ class Rollout:
         deadline = time.monotonic() + self.gate_timeout
         healthy_since: float | None = None
         reached = [d for w in self.state["waves"][: i + 1] for d in w["devices"]]
+        blind_logged = False
         while True:
+            view = self._view
+            if view is not None and not view.alive():
+                # never act on a dead view: no timeout, no breach, no success while blind
+                if not blind_logged:
+                    self._log("the fleet view is not receiving (dead loop or no connection): waiting, not acting")
+                    blind_logged = True
+                view.ensure_alive()
+                deadline += 0.05
+                healthy_since = None
+                time.sleep(0.05)
+                continue
+            blind_logged = False
             reason = self._abort_requested() or self._breach(reached)
             if reason:
                 return reason

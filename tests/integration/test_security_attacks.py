@@ -408,3 +408,34 @@ def test_attack6_key_lists_expire_by_default_and_a_stale_list_is_loud_and_stops_
         assert agent.metrics.registry.get_sample_value("edgeship_keylist_stale") == 0
     finally:
         agent.stop()
+
+
+# -- 7 ----------------------------------------------------------------------------------------
+def test_attack7_a_naive_timestamp_from_one_device_does_not_blind_the_fleet_view_or_a_rollout(tmp_path, kit, mosquitto, cloud):
+    from cloud.fleet.rollout import Rollout
+    from cloud.fleet.view import FleetView
+
+    pub, watch = cloud
+    key = kit["trusted"]
+    agent = start_agent(tmp_path, mosquitto.url, trust=[key.pub_path])
+    try:
+        ship(pub, kit["bundles"][1], key.private)
+        wait_for(lambda: _version(agent) == 1, "v1 active")
+        # the attack: a device (here store-7, its own topic) publishes a time without a zone, retained
+        naive = {"schema_version": 1, "device_id": "store-7", "kind": "x", "at": "2024-01-01T00:00:00", "detail": {}}
+        pub.send(topics.events("default", "store-7"), json.dumps(naive))
+        pub.send(topics.telemetry("default", "store-7"), json.dumps({"at": "2024-01-01T00:00:00", "data": {}}))
+        state = json.loads(agent.device_state().model_dump_json())
+        pub.send(topics.state("default", "store-8"), json.dumps({**state, "device_id": "store-8", "updated_at": "2024-01-01T00:00:00"}))
+        pub.flush()
+        with FleetView(mosquitto.url) as view:
+            wait_for(lambda: view.bad_messages["store-7"] >= 2 and view.bad_messages["store-8"] >= 1, "bad messages counted")
+            assert view.alive() and view.snapshot()["store-7"].last_seen is None
+            wait_for(lambda: "store-1" in view.snapshot() and view.snapshot()["store-1"].version == 1, "store-1 still seen")
+        # a rollout with the poison retained: it sees its device go active and succeeds (no timeout, no rollback)
+        result = Rollout(kit["bundles"][2], mosquitto.url, key=key.key_path, state_dir=tmp_path / "rollout",
+                         discover_s=1.0, gate_timeout=20, devices=["store-1"]).run()  # fmt: skip
+        assert result["phase"] == "succeeded", result
+        assert _version(agent) == 2
+    finally:
+        agent.stop()
