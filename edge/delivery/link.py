@@ -21,6 +21,7 @@ Usage (the agent does this)::
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -79,12 +80,16 @@ class MqttLink:
         self._connected = threading.Event()
         self._watchdog: threading.Thread | None = None
         self.loop_restarts = 0
+        self.disconnects = 0  # connections lost (not counting stop())
         #: Called with the client after every (re)connect (edge.serving.mqtt subscribes its requests here).
         self.on_connected: list[Callable[[mqtt.Client], None]] = []
         #: When set, events go through it (edge.monitoring.telemetry: sequenced, spooled on disk, none lost offline).
         self.event_sink: Callable[[str, dict[str, Any]], None] | None = None
 
-        c = new_client(f"edgeship-{config.fleet}-{config.device_id}", url, clean_session=True)
+        # the client id is the broker username when there is one (the shipped broker config enforces
+        # use_username_as_clientid: nobody else's credentials can take this id)
+        client_id = os.environ.get("EDGESHIP_MQTT_USERNAME") or f"edgeship-{config.fleet}-{config.device_id}"
+        c = new_client(client_id, url, clean_session=True)
         c.will_set(self._availability, OFFLINE, qos=1, retain=True)
         c.reconnect_delay_set(
             min_delay=max(1, round(config.reconnect_min_s)), max_delay=max(1, round(config.reconnect_max_s))
@@ -207,6 +212,7 @@ class MqttLink:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self._connected.clear()
+        self.disconnects += 1
         if not self._stopping:
             logger.warning("disconnected from MQTT broker (%s); reconnecting", reason)
 

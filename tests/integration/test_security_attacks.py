@@ -439,3 +439,37 @@ def test_attack7_a_naive_timestamp_from_one_device_does_not_blind_the_fleet_view
         assert _version(agent) == 2
     finally:
         agent.stop()
+
+
+# -- 8 ----------------------------------------------------------------------------------------
+from tests.integration.test_delivery_mqtt_security import FLEET, _use, secure  # noqa: E402,F401  (the shipped config)
+
+
+def test_attack8_a_devices_credentials_with_anothers_client_id_cannot_knock_it_off(secure, tmp_path):
+    import threading
+
+    from models.broker import BrokerURL, new_client
+
+    s = secure
+    k = keypair(tmp_path / "keys")
+    _use(s, "store-b")
+    s["monkeypatch"].delenv("EDGESHIP_MQTT_CERT", raising=False)
+    s["monkeypatch"].delenv("EDGESHIP_MQTT_KEY", raising=False)
+    b = start_agent(tmp_path, s["url"], "store-b", fleet=FLEET, trust=[k.pub_path])
+    try:
+        assert b.mqtt.client._client_id == b"store-b"  # the agent's client id is its username
+        _use(s, "store-a")  # the attacker holds device A's credentials
+        url = BrokerURL.parse(s["url"])
+        for attempt, victim_id in enumerate(["store-b", "edgeship-f1-store-b", "store-b"] * 2):
+            c = new_client(victim_id, url)
+            accepted = threading.Event()
+            c.on_connect = lambda _c, _u, _f, rc, _p, ev=accepted: ev.set() if not rc.is_failure else None
+            c.connect(url.host, url.port)
+            c.loop_start()
+            assert accepted.wait(10), f"attempt {attempt}: A's credentials are valid, the broker accepts them"
+            c.disconnect()
+            c.loop_stop()
+        # B was never knocked off (its last will never fired)
+        assert b.mqtt.disconnects == 0 and b.mqtt.connected
+    finally:
+        b.stop()
