@@ -194,7 +194,9 @@ class Agent:
 
     def health(self) -> dict[str, Any]:
         """Extra ``/healthz`` fields: the MQTT loop (a dead one is restarted and counted) and trust."""
-        out: dict[str, Any] = {"trust": {"keylist_version": self.trust.keylist_version, "stale": self.trust.stale()}}
+        out: dict[str, Any] = {}
+        if self.trust.roots:  # key lists in use: their version and whether the held one expired
+            out["trust"] = {"keylist_version": self.trust.keylist_version, "stale": self.trust.stale()}
         if self.mqtt is not None:
             out["mqtt"] = self.mqtt.health()
         return out

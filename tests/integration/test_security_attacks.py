@@ -135,6 +135,9 @@ def test_attack3_a_future_dated_targets_document_never_freezes_the_device(tmp_pa
     state.write_text(json.dumps({"issued": {MODEL: ["2090-01-01T00:00:00+00:00", 3, ""]}}))
     agent = start_agent(tmp_path, mosquitto.url, trust=[kit["trusted"].pub_path])
     try:
+        # a signed rollback command issued now (older than the stored 2090 mark) is obeyed
+        assign(pub, "store-1", kit["bundles"][1], key, downgrade=True)
+        wait_for(lambda: _version(agent) == 1, "signed rollback to v1 after a restart with a stored 2090 mark")
         ship(pub, kit["bundles"][4], key)
         wait_for(lambda: _version(agent) == 4, "v4 active after a restart with a stored 2090 mark")
     finally:
