@@ -69,9 +69,12 @@ logger = logging.getLogger(__name__)
 #: sha256 (the same bundle may come back properly signed, current, or meant for this device).
 UNREMEMBERED = frozenset(
     {"unsigned", "bad_signature", "malformed", "expired", "future", "keylist_expired", "wrong_fleet", "wrong_device", "wrong_hardware",
-     "rollback", "version_conflict", "rollback_unavailable", "endless_data", "stalled", "disk"}
+     "rollback", "version_conflict", "rollback_unavailable", "endless_data", "stalled", "disk", "byte_cap"}
 )  # fmt: skip
 _TICK_S = 0.1
+#: Aborted tries of one version may be offered at most this many times its size, all tries together.
+RETRY_BYTES_FACTOR = 8
+RETRY_BYTES_FLOOR = 64 * 2**20  # … or 64 MiB for small bundles
 
 
 def ranges(indexes: list[int]) -> list[tuple[int, int]]:
@@ -121,6 +124,8 @@ class Delivery:
         self._activate_installed = activate_installed
         self._on_trust_changed = on_trust_changed
         self._stale_reported = False
+        self._spent: dict[str, int] = {}  # bundle sha256 -> chunk bytes offered over all aborted tries
+        self._aborts: dict[str, int] = {}
         fleet, device = config.fleet, config.device_id
         self.announce_filter = topics.model_announce(fleet, config.model)
         self.command_topic = topics.command(fleet, device)
@@ -257,16 +262,18 @@ class Delivery:
             if t is None or t.bundle_id != bundle_id:
                 return
             self.stats["chunk_bytes"] += len(payload)
+            budget = 2 * t.announcement.size + 4 * self.config.transfer_window * t.announcement.chunk_size
             try:
                 stored = t.add_chunk(index, payload)
             except ChunkError as exc:
                 self.metrics.bad_chunks.inc()
                 if exc.reason == "too_large":
                     self._abort("endless_data", str(exc))
+                elif t.bytes_offered > budget:  # bad chunks count too: an endless stream of junk ends here
+                    self._abort("endless_data", f"{t.bytes_offered} bytes offered for a {t.announcement.size}-byte bundle")
                 else:
                     logger.warning("rejected chunk: %s", exc, extra={"bundle_id": bundle_id, "reason": exc.reason})
                 return
-            budget = 2 * t.announcement.size + 4 * self.config.transfer_window * t.announcement.chunk_size
             if t.bytes_offered > budget:
                 self._abort("endless_data", f"{t.bytes_offered} bytes offered for a {t.announcement.size}-byte bundle")
                 return
@@ -557,7 +564,18 @@ class Delivery:
         if t is None:
             return
         t.close()  # what was written is verified chunk by chunk: keep it for a resume
-        self._rearm_at = time.monotonic() + 2 * self.config.chunk_timeout_s
+        sha = t.announcement.sha256
+        self._spent[sha] = self._spent.get(sha, 0) + t.bytes_offered
+        self._aborts[sha] = self._aborts.get(sha, 0) + 1
+        cap = max(RETRY_BYTES_FACTOR * t.announcement.size, RETRY_BYTES_FLOOR)
+        if self._spent[sha] > cap:  # retries are bounded in bytes per version, not only per session
+            self._pending, self._rearm_at = None, None
+            message = f"{message}; {self._spent[sha]} bytes offered in {self._aborts[sha]} tries exceed the cap of " \
+                f"{cap} for this version: no more retries until it is announced again after a restart"
+            reason = "byte_cap"
+        else:  # exponential back-off between tries: 2, 4, 8 … × chunk_timeout_s, at most an hour
+            delay = min(3600.0, 2 * self.config.chunk_timeout_s * 2 ** (self._aborts[sha] - 1))
+            self._rearm_at = time.monotonic() + delay
         logger.warning("transfer of v%d aborted (%s): %s", t.announcement.version, reason, message)
         self._report("failed", t.announcement.version, reason, message=message)
 
