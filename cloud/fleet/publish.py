@@ -253,8 +253,15 @@ class Publisher:
         self._server: threading.Thread | None = None
         self._last_answer: dict[tuple[str, int], float] = {}
         self.answered_chunks = 0
+        self.answered_bytes = 0
+        self.handled_requests = 0
         #: Most chunks re-published for one request (bounds what one device can make the server send).
         self.max_answer = 1024
+        #: What one device can make the server re-publish: each chunk at most once per interval for that
+        #: device (it cannot be missing it again sooner), and at most one bundle's bytes per interval.
+        self.device_interval_s = 600.0
+        self._device_sent: dict[str, dict[tuple[str, int], float]] = {}
+        self._device_bytes: dict[str, deque[tuple[float, int]]] = {}
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *_: self._connected.clear()
         self.client.on_message = self._on_message
@@ -392,6 +399,29 @@ class Publisher:
             self._server = threading.Thread(target=self._serve_requests, name="edgeship-bundle-server", daemon=True)
             self._server.start()
 
+    def _device_budget(self, device: str, b: PreparedBundle, wanted: list[int], now: float) -> list[int]:
+        """The part of ``wanted`` this device may still make the server send (see ``device_interval_s``)."""
+        horizon = now - self.device_interval_s
+        sent = self._device_sent.setdefault(device, {})
+        for key in [k for k, t in sent.items() if t < horizon]:
+            del sent[key]
+        spent = self._device_bytes.setdefault(device, deque())
+        while spent and spent[0][0] < horizon:
+            spent.popleft()
+        used = sum(n for _, n in spent)
+        out = []
+        for i in wanted:
+            size = len(b.chunk(i))
+            if (b.bundle_id, i) in sent or used + size > b.size:
+                continue
+            sent[(b.bundle_id, i)] = now
+            spent.append((now, size))
+            used += size
+            out.append(i)
+        if len(out) < len(wanted):
+            logger.warning("%s asked for %d chunks of %s; %d within its budget", device, len(wanted), b.bundle_id, len(out))
+        return out
+
     def _serve_requests(self) -> None:
         while True:
             req = self._requests.get()
@@ -399,10 +429,12 @@ class Publisher:
                 return
             b = self._served.get(req.bundle_id)
             if b is None:
+                self.handled_requests += 1
                 continue
             n = len(b.chunk_sha256)
             now = time.monotonic()
-            wanted = [i for start, end in req.ranges for i in range(max(0, start), min(end, n))][: self.max_answer]
+            wanted = sorted({i for start, end in req.ranges for i in range(max(0, start), min(end, n))})[: self.max_answer]
+            wanted = self._device_budget(req.device_id, b, wanted, now)
             # each chunk at most once a second: several devices waiting for it share the re-publish
             fresh = [i for i in wanted if now - self._last_answer.get((b.bundle_id, i), 0.0) > 1.0]
             try:
@@ -412,8 +444,11 @@ class Publisher:
                 self.flush()
             except PublishError as exc:
                 logger.warning("answering a chunk request failed: %s", exc)
+                self.handled_requests += 1
                 continue
             self.answered_chunks += len(fresh)
+            self.answered_bytes += sum(len(b.chunk(i)) for i in fresh)
+            self.handled_requests += 1
             logger.info("re-published %d chunks of %s for %s", len(fresh), b.bundle_id, req.device_id)
 
 

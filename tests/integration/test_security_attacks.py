@@ -476,3 +476,32 @@ def test_attack8_a_devices_credentials_with_anothers_client_id_cannot_knock_it_o
         assert b.mqtt.disconnects == 0 and b.mqtt.connected
     finally:
         b.stop()
+
+
+# -- also: what one device can make the bundle server send ------------------------------------
+def test_also_chunk_requests_are_bounded_per_device(tmp_path, kit, mosquitto, cloud):
+    import time
+
+    from models.messages import ChunkRequest
+
+    pub, _watch = cloud
+    b = read_bundle(kit["bundles"][1], 4096)
+    n = len(b.chunk_sha256)
+    pub.serve(b)
+    attacker = Publisher(mosquitto.url).connect()
+    try:
+        request = ChunkRequest(device_id="store-9", bundle_id=b.bundle_id, ranges=[(0, n)] * 64).model_dump_json()
+        for k in range(1, 5):  # ~1 KB of requests per round, past the server's 1-second sharing window
+            attacker.send(topics.fetch("default", "store-9"), request, retain=False)
+            attacker.flush()
+            wait_for(lambda k=k: pub.handled_requests >= k, f"request {k} handled")
+            time.sleep(1.1)  # pacing the attack, not a correctness wait
+        assert pub.answered_bytes == len(b.data)  # each chunk once for this device: one bundle's worth
+        # another device still gets what it is missing
+        other = ChunkRequest(device_id="store-2", bundle_id=b.bundle_id, ranges=[(0, 2)]).model_dump_json()
+        attacker.send(topics.fetch("default", "store-2"), other, retain=False)
+        attacker.flush()
+        wait_for(lambda: pub.handled_requests >= 5, "store-2's request handled")
+        assert pub.answered_chunks == n + 2
+    finally:
+        attacker.close()
