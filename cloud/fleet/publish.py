@@ -47,6 +47,7 @@ __all__ = [
     "sign_candidate",
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_EXPIRES_S",
+    "DEFAULT_KEEP_RETAINED",
     "PreparedBundle",
     "Publisher",
     "PublishError",
@@ -61,6 +62,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 64 * 1024
 DEFAULT_EXPIRES_S = 7 * 24 * 3600
+#: Versions per model whose chunks stay retained on the broker (older ones are cleared on publish).
+DEFAULT_KEEP_RETAINED = 3
 
 
 class PublishError(RuntimeError):
@@ -375,6 +378,32 @@ class Publisher:
             self.send(topics.bundle_chunk(self.fleet, bundle_id, i), b"")
         self.flush()
 
+    def retain_versions(self, b: PreparedBundle, keep: int = DEFAULT_KEEP_RETAINED) -> list[str]:
+        """Record that ``b``'s chunks are retained and clear the chunks of all but the newest ``keep``
+        versions of its model (rollback and late joiners need those), so the broker's memory and
+        persistence stay bounded. The index is itself retained on ``models/<model>/retained``.
+        Returns the bundle ids cleared."""
+        if keep < 1:
+            raise PublishError("keep must be at least 1")
+        topic = topics.model_retained(self.fleet, b.model)
+        entries: list[dict] = []
+        raw = self.retained(topic, wait=1.0)
+        if raw:
+            try:
+                entries = [e for e in json.loads(raw) if isinstance(e, dict) and {"version", "bundle_id", "chunks"} <= e.keys()]
+            except (ValueError, TypeError):
+                logger.warning("ignoring a malformed retained index on %s", topic)
+        entries = [e for e in entries if e["bundle_id"] != b.bundle_id]
+        entries.append({"version": b.version, "bundle_id": b.bundle_id, "chunks": len(b.chunk_sha256)})
+        entries.sort(key=lambda e: int(e["version"]))
+        old, kept = entries[:-keep], entries[-keep:]
+        for e in old:
+            self.clear_chunks(str(e["bundle_id"]), int(e["chunks"]))
+            logger.info("cleared the retained chunks of %s v%s (%s)", b.model, e["version"], e["bundle_id"])
+        self.send(topic, json.dumps(kept))
+        self.flush()
+        return [str(e["bundle_id"]) for e in old]
+
     def announce(self, ann: ModelAnnouncement) -> None:
         """The fleet's retained announcement for ``ann.model``."""
         self.send(topics.model_announce(self.fleet, ann.model), ann.model_dump_json())
@@ -476,31 +505,24 @@ def publish(
     attributes: dict[str, str] | None = None,
     keylist: str | Path | Signed | None = None,
     downgrade: bool = False,
+    keep_retained: int | None = None,
 ) -> ModelAnnouncement:
     """Publish ``bundle`` to every device of ``fleet``: retained chunks, then the signed announcement
-    (with the key list: ``keylist``, or ``keylist.json`` beside ``key``); clears the previous version's
-    chunks. Returns the announcement sent."""
+    (with the key list: ``keylist``, or ``keylist.json`` beside ``key``); clears the chunks of versions
+    older than the newest ``keep_retained`` (default 3). Returns the announcement sent."""
+    keep_retained = keep_retained or DEFAULT_KEEP_RETAINED
     b = read_bundle(bundle, chunk_size)
     keys = keylist if isinstance(keylist, Signed) else load_keylist(keylist, key)
     t, env = sign_targets(
         key, bundle=b, fleet=fleet, expires_in=expires_in, hardware=hardware, attributes=attributes, downgrade=downgrade
     )
     ann = announcement_of(t, env, keys)
-    announce_topic = topics.model_announce(fleet, b.model)
     with Publisher(broker, fleet=fleet, window=window, timeout=timeout).connect() as pub:
-        raw = pub.retained(announce_topic, wait=1.0)
-        previous = None
-        if raw:
-            try:
-                previous = ModelAnnouncement.model_validate_json(raw)
-            except ValidationError:
-                logger.warning("ignoring a malformed retained announcement on %s", announce_topic)
         pub.put_chunks(b, progress=progress)
         if keys is not None:
             pub.publish_keylist(keys)
         pub.announce(ann)
-        if previous is not None and previous.bundle_id != ann.bundle_id:
-            pub.clear_chunks(previous.bundle_id, len(previous.chunk_sha256))  # the superseded version's chunks
+        pub.retain_versions(b, keep_retained)  # chunks of the newest keep_retained versions stay on the broker
     logger.info("published %s v%d (%d bytes, %d chunks) to %s", b.model, b.version, b.size, len(b.chunk_sha256), broker)
     return ann
 

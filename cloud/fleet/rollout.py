@@ -527,6 +527,7 @@ class Rollout:
         self._log("rollout %s: %d devices in %d waves %s", self.id, len(eligible), len(waves), [len(w) for w in waves])
         self._write()
         pub.put_chunks(b)
+        pub.retain_versions(b)  # older versions' chunks beyond the newest few are cleared
         pub.serve(b)
         if self.keys is not None:
             pub.publish_keylist(self.keys)

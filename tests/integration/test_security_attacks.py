@@ -505,3 +505,22 @@ def test_also_chunk_requests_are_bounded_per_device(tmp_path, kit, mosquitto, cl
         assert pub.answered_chunks == n + 2
     finally:
         attacker.close()
+
+
+# -- also: retained chunks of older versions are cleared, the newest K kept -------------------
+def test_also_only_the_newest_k_versions_keep_retained_chunks(tmp_path, kit, mosquitto):
+    from cloud.fleet.publish import publish
+
+    key = kit["trusted"]
+    sizes = {}
+    for v in (1, 2, 3, 4):
+        publish(kit["bundles"][v], mosquitto.url, key=key.key_path, chunk_size=4096, progress=False, keep_retained=2)
+        sizes[v] = read_bundle(kit["bundles"][v], 4096)
+    with Publisher(mosquitto.url).connect() as probe:
+        def retained_chunk(v: int) -> bool:
+            b = sizes[v]
+            return bool(probe.retained(topics.bundle_chunk("default", b.bundle_id, 0), wait=0.5))
+
+        assert [retained_chunk(v) for v in (1, 2, 3, 4)] == [False, False, True, True]
+        index = json.loads(probe.retained(topics.model_retained("default", MODEL)))
+        assert [e["version"] for e in index] == [3, 4]
