@@ -524,3 +524,30 @@ def test_also_only_the_newest_k_versions_keep_retained_chunks(tmp_path, kit, mos
         assert [retained_chunk(v) for v in (1, 2, 3, 4)] == [False, False, True, True]
         index = json.loads(probe.retained(topics.model_retained("default", MODEL)))
         assert [e["version"] for e in index] == [3, 4]
+
+
+# -- also: a side-loaded bundle is checked for size against what it signed before it is parsed -------
+def _with_many_members(src: Path, dst: Path, n: int) -> Path:
+    import io
+    import shutil
+    import tarfile
+
+    shutil.copyfile(src, dst)
+    with tarfile.open(dst, mode="a", format=tarfile.PAX_FORMAT) as tar:  # appends after the last member
+        for i in range(n):
+            tar.addfile(tarfile.TarInfo(f"x/{i}"), io.BytesIO(b""))
+    return dst
+
+
+def test_also_a_side_loaded_bundle_with_many_members_is_refused_before_it_is_parsed(tmp_path, kit, mosquitto, cloud):
+    pub, watch = cloud
+    fat = _with_many_members(kit["bundles"][2], tmp_path / f"{MODEL}-v2.bundle.tar", 20000)
+    agent = start_agent(tmp_path, mosquitto.url, trust=[kit["trusted"].pub_path])
+    try:
+        assert agent.install_and_activate(fat) is False  # edgeship agent --install does exactly this
+        refused = watch.wait("store-1", "refused", reason="too_large")  # not unlisted_member: never parsed that far
+        assert "signed members allow at most" in refused["detail"]["message"]
+        assert agent.store.versions() == []
+        assert agent.install_and_activate(kit["bundles"][2]) is True  # the honest file installs
+    finally:
+        agent.stop()
