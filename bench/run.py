@@ -28,6 +28,24 @@ ROOT = Path(__file__).resolve().parent.parent
 from bench.common import http_post, measure, raw_litert  # noqa: E402
 
 
+def _call(module: str, *args: object) -> str:
+    """``module.run(*args)``: a section's markdown."""
+    import importlib
+
+    return importlib.import_module(module).run(*args)
+
+
+def _section(out: Path, title: str, fn) -> None:
+    """Append the section ``fn`` returns to ``out``; if it fails, say so under its title."""
+    try:
+        section = fn()
+    except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
+        section = f"## {title}\n\nNot measured: {type(exc).__name__}: {exc}\n"
+    with open(out, "a") as fh:
+        fh.write("\n" + section)
+    print(f"[bench] {title}: done", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
@@ -111,30 +129,26 @@ def main(argv: list[str] | None = None) -> int:
 
     ref = lat["raw LiteRT invoke (tflite-int8)"]["p50"]
     _write(args.out, report, manifest, lat, ref, train_wall, synth_s)
-    try:  # issue 4 part A: agent memory, start-to-serving, p99 during swaps (a failure is reported, not fatal)
-        from bench.agent_a import run as agent_a
-
-        section = agent_a(args.work / "agent-a", result.bundle, pub)
-    except Exception as exc:  # noqa: BLE001
-        section = f"## Edge agent: memory, start-up and hot swap\n\nNot measured: {type(exc).__name__}: {exc}\n"
-    with open(args.out, "a") as fh:
-        fh.write("\n" + section)
-    try:  # issue 3: publish → 50 agents vs raw fan-out, bytes per device, resume cost (reported, not fatal)
-        from bench.delivery import run as delivery
-
-        section = delivery(args.work, result.bundle, args.work / "keys" / "signing.key")
-    except Exception as exc:  # noqa: BLE001
-        section = f"## Delivery: publish to 50 agents, bytes per device, resuming\n\nNot measured: {type(exc).__name__}: {exc}\n"
-    with open(args.out, "a") as fh:
-        fh.write("\n" + section)
-    try:  # issue 4 part B: in-process / HTTP / MQTT latency vs raw invoke, one-core throughput ± batching
-        from bench.agent_b import run as agent_b
-
-        section = agent_b(args.work / "agent-b", result.bundle, pub)
-    except Exception as exc:  # noqa: BLE001
-        section = f"## Edge agent: serving latency and throughput\n\nNot measured: {type(exc).__name__}: {exc}\n"
-    with open(args.out, "a") as fh:
-        fh.write("\n" + section)
+    # Each section runs in the same session; a failure is reported in its section, not fatal.
+    sec = lambda title, fn: _section(args.out, title, fn)  # noqa: E731
+    sec("Edge agent: memory, start-up and hot swap",
+        lambda: _call("bench.agent_a", args.work / "agent-a", result.bundle, pub))
+    sec("Delivery: publish to 50 agents, bytes per device, resuming",
+        lambda: _call("bench.delivery", args.work, result.bundle, args.work / "keys" / "signing.key"))
+    sec("Edge agent: serving latency and throughput",
+        lambda: _call("bench.agent_b", args.work / "agent-b", result.bundle, pub))
+    sec("Fleet ingest: 1,000 devices through Mosquitto, memory per device, scrape time",
+        lambda: _call("bench.fleet", args.work))
+    sec("Forecast quality: every model against the oracle",
+        lambda: _call("bench.forecast", args.work / "forecast", [1, 2, 3], ["hard", "easy"], 6, 60, 900))
+    sec("Serving targets (issue 9)",
+        lambda: _call("bench.serving", args.work / "serving", result.bundle, pub))
+    sec("Serial bridge: decoder and prediction round trip",
+        lambda: _call("bench.bridge", args.work / "bridge", result.bundle, pub))
+    sec("Edge install: size, import time, agent memory and start-up",
+        lambda: _call("bench.edge_install", args.work / "edge-install"))
+    sec("Validation app: memory and start time",
+        lambda: _call("bench.validate_app", args.work, result.bundle, pub))
     print(args.out.read_text())
     return 0
 

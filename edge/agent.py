@@ -37,6 +37,8 @@ from edge.store.gate import GateFailed, gate_predictor
 from edge.runtimes.hardware import Choice, choose, detect
 from edge.serving.auth import http_auth_for
 from edge.serving.http import HttpServer, create_app
+from edge.serving.field_routes import FieldApi
+from edge.serving.ingest_routes import Ingest, ingest_routes
 from edge.monitoring.metrics import AgentMetrics
 from edge.delivery.commands import CandidateAuthority
 from edge.delivery.link import MqttLink
@@ -91,6 +93,8 @@ class Agent:
         self.serving = Serving.for_agent(self)
         self.telemetry: Telemetry | None = None
         self._start_notes: list[tuple[str, dict[str, Any]]] = []
+        self.field = FieldApi.for_agent(self)  # validation app's routes + feedback store (edge.serving.field_routes)
+        self.ingest: Ingest | None = None  # sale events and sensor readings (edge.serving.ingest_routes)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> Agent:
@@ -116,9 +120,9 @@ class Agent:
                 self.metrics,
                 device_id=self.config.device_id,
                 max_body_bytes=self.config.max_body_bytes,
-                routes=self.serving.routes(),
+                routes=[*ingest_routes(self), *self.field.routes()],  # serial bridge input; validation app + feedback
                 health=self.health,
-                auth=http_auth_for(self.config),
+                auth=http_auth_for(self.config),  # edge.serving.auth: token for writes, JSON bodies
             )
             self.http = HttpServer(app, host, port)
             self.http.start()
@@ -170,6 +174,10 @@ class Agent:
         if self.http is not None:
             self.http.stop(timeout=timeout / 2)
         self.serving.stop()
+        if self.ingest is not None:
+            self.ingest.close()
+            self.ingest = None
+        self.field.close()
         if self._update_lock.acquire(timeout=timeout):  # let an install in progress finish
             self._update_lock.release()
         self.slot.close()

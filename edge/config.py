@@ -25,11 +25,11 @@ from edge.monitoring.telemetry import TelemetryConfig
 from models import topics
 from models.broker import BrokerURL
 from models.topics import ID_PATTERN
+from models.variants import spec
 
 __all__ = ["AgentConfig", "parse_host_port", "parse_option", "with_options"]
 
 _ID = ID_PATTERN.pattern
-_VARIANT = r"^(tflite|onnx)-(fp32|fp16|dynamic|int8)$"
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.%a-zA-Z]+)\]|(?P<host>[A-Za-z0-9.\-_]+)):(?P<port>\d{1,5})$")
 
 
@@ -162,8 +162,7 @@ class AgentConfig(BaseModel):
     @classmethod
     def _check_variants(cls, value: list[str] | None) -> list[str] | None:
         for v in value or ():
-            if not re.match(_VARIANT, v):
-                raise ValueError(f"variant {v!r} must look like tflite-int8 or onnx-fp32")
+            spec(v)  # ValueError naming the allowed variants (models.variants)
         return value
 
     @field_validator("providers")

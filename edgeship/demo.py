@@ -48,12 +48,15 @@ class AcceptEveryone(BaseAuthPlugin):  # type: ignore[misc,valid-type]
     class Config:
         pass
 
-    async def authenticate(self, *, session: Any) -> bool:  # noqa: ARG002
+    async def authenticate(self, *, session: Any) -> bool:
+        del session  # amqtt passes it by name; every client is accepted
         return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A port free right now on ``host`` (loopback: 127.0.0.1 or ::1), for a local broker or agent."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
@@ -192,6 +195,7 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
             broker = embedded.url
             print(f"[demo] embedded MQTT broker (amqtt, MQTT 3.1.1) on {broker}")
         procs: list[_AgentProc] = []
+        stop_shelf = None
         stop = threading.Event()
         old_term = signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
@@ -211,12 +215,19 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
                     raise RuntimeError(f"agent {agent.device_id} answered {status}: {answer}")
                 print(f"[demo] {agent.device_id}: model v{health['model']['version']} "
                       f"({health['model'].get('variant')}) predicts {answer['predictions'][0]:.2f} units for {json.dumps(sample)}")  # fmt: skip
+            import datetime as dt  # issue 11: a simulated serial shelf feeds the first agent (edgeship firmware-sim)
+
+            from edgeship.commands.bridge import demo_shelf
+
+            stop_shelf = demo_shelf(procs[0].http, sample["store_nbr"], sample["item_nbr"],
+                                    dt.date.fromisoformat(sample["date"]), work)  # fmt: skip
             print("[demo] URLs:")
             print(f"  broker            {broker}")
             for agent in procs:
                 print(f"  {agent.device_id:<16}  predict {agent.http}/v1/predict   health {agent.http}/healthz   "
                       f"metrics {agent.http}/metrics   log {agent.log}")  # fmt: skip
             print(f"  report            {result.report_path}")
+            print(f"  validation app    {_validation_app(procs[0].http)}")  # issue 10: Gradio app on the first agent
             print(f"[demo] ready in {time.perf_counter() - t0:.1f} s")
             if once:
                 return 0
@@ -229,6 +240,8 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
             print("[demo] stopping agents and broker")
             return 0
         finally:
+            if stop_shelf is not None:
+                stop_shelf()
             for agent in procs:
                 if agent.proc.poll() is None:
                     agent.proc.send_signal(signal.SIGTERM)
@@ -240,6 +253,17 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
             if embedded is not None:
                 embedded.stop()
             signal.signal(signal.SIGTERM, old_term)
+
+
+def _validation_app(agent_url: str) -> str:
+    """Start the field-validation app (edge.validate_app) for ``agent_url``; its URL, or why not."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        from edge.validate_app.app import launch
+
+        return launch(agent_url, port=0)[1]
+    except Exception as exc:  # noqa: BLE001 - the demo runs without the validate extra
+        return f"not started ({type(exc).__name__}: {exc}; pip install -e '.[validate]')"
 
 
 def _sample_instance(data_dir: Path, state_end: str) -> dict[str, Any]:

@@ -16,11 +16,13 @@ import dataclasses
 import os
 import socket
 from pathlib import Path
+import threading
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
-__all__ = ["BrokerURL", "DEFAULT_CA", "new_client"]
+__all__ = ["connect_and_wait", "BrokerURL", "DEFAULT_CA", "new_client"]
 
 #: Where the fleet CA (``ca.pem`` from ``edgeship provision``) is looked for when EDGESHIP_MQTT_CA is unset:
 #: with TLS the fleet CA is the default trust, never the system store unless EDGESHIP_MQTT_SYSTEM_CA=1.
@@ -59,16 +61,17 @@ class BrokerURL:
         return f"{self.scheme}://{host}:{self.port}"
 
 
-def new_client(client_id: str, url: BrokerURL, *, clean_session: bool = True) -> mqtt.Client:
+def new_client(client_id: str, url: BrokerURL, *, clean_session: bool = True, protocol: int = mqtt.MQTTv311) -> mqtt.Client:
     """A paho client for ``url``: MQTT 3.1.1, VERSION2 callbacks, TLS and credentials if configured.
 
     Connect it yourself (after ``will_set``) with ``client.connect(url.host, url.port)``.
+    ``protocol=mqtt.MQTTv5`` only for v5-only extras (the fleet ingest's shared subscriptions).
     """
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        protocol=mqtt.MQTTv311,
-        clean_session=clean_session,
+        protocol=protocol,
+        clean_session=clean_session if protocol != mqtt.MQTTv5 else None,
     )
     # No payload may kill the network thread: an exception in any callback is logged by paho and the
     # loop goes on (attack: one retained NaN document stopped updates for a whole fleet).
@@ -103,3 +106,23 @@ def new_client(client_id: str, url: BrokerURL, *, clean_session: bool = True) ->
 
     client.on_socket_open = _nodelay
     return client
+
+
+def connect_and_wait(
+    client: mqtt.Client, url: BrokerURL, connected: threading.Event, *, timeout: float = 15.0,
+    keepalive: int = 30, refused: Callable[[], str | None] = lambda: None,
+) -> None:
+    """Connect ``client`` (blocking), start its network loop and wait for ``connected`` (set by its
+    ``on_connect``). Raises :class:`ConnectionError` naming the broker and why; the loop is stopped then.
+
+    The cloud's short-lived clients (publisher, fleet view, rollout controller) use this; the agent's
+    long-lived link connects with ``connect_async`` and reconnects on its own.
+    """
+    try:
+        client.connect(url.host, url.port, keepalive=keepalive)
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach broker {url}: {exc}") from exc
+    client.loop_start()
+    if not connected.wait(timeout):
+        client.loop_stop()
+        raise ConnectionError(f"broker {url} did not accept the connection within {timeout:.0f} s ({refused() or 'timeout'})")

@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.canonical import canonical_json
 from models.signing import SignatureError, key_id
 
 __all__ = ["DocSignature", "MalformedDocument", "Signed", "canonical", "sign_document", "verify_document"]
@@ -32,9 +33,7 @@ class MalformedDocument(SignatureError):
     never signed by anyone, so it is refused before any key is tried (reason ``malformed``)."""
 
 
-def canonical(obj: Any) -> bytes:
-    """Deterministic JSON bytes of ``obj`` (the same rule as :func:`models.manifest.canonical_json`)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+canonical = canonical_json  # one rule for everything hashed or signed (models.manifest.canonical_json)
 
 
 class DocSignature(BaseModel):

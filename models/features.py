@@ -216,13 +216,16 @@ class SalesState:
     """Recent daily sales per store×item: the lag windows the agent encodes requests with.
 
     ``window[p]`` holds log1p(unit_sales) of pair ``p`` for the :data:`LAG_WINDOW_DAYS` days ending
-    on ``end_date`` (inclusive, oldest first).
+    on ``end_date`` (inclusive, oldest first) — or, when ``pair_end`` is given (the agent's online
+    state after stores reported sales up to different days), on ``pair_end[p]``; ``end_date`` is then
+    the newest of them. Bundles always ship one common end.
     """
 
     store_nbr: np.ndarray  # int64 [P], pairs sorted by (store_nbr, item_nbr)
     item_nbr: np.ndarray  # int64 [P]
     window: np.ndarray  # float32 [P, LAG_WINDOW_DAYS]
-    end_date: np.datetime64  # day of the last column
+    end_date: np.datetime64  # day of the last column (the newest, when pairs end apart)
+    pair_end: np.ndarray | None = None  # M8[D] [P]: each pair's own last day, None = all end on end_date
 
     def __post_init__(self) -> None:
         self._keys = _pair_key(self.store_nbr, self.item_nbr)
@@ -230,6 +233,14 @@ class SalesState:
             raise ValueError("SalesState pairs must be unique and sorted by (store_nbr, item_nbr)")
         if self.window.shape != (len(self._keys), LAG_WINDOW_DAYS):
             raise ValueError(f"window must have shape (pairs, {LAG_WINDOW_DAYS}), got {self.window.shape}")
+        if self.pair_end is not None and np.shape(self.pair_end) != (len(self._keys),):
+            raise ValueError("pair_end must hold one date per pair")
+
+    def row_end(self, rows: np.ndarray) -> np.ndarray | np.datetime64:
+        """Last day of each row's lag window (``rows`` from :meth:`pair_index`); one date when all pairs share it."""
+        if self.pair_end is None:
+            return np.datetime64(self.end_date, "D")
+        return np.asarray(self.pair_end, "M8[D]")[np.asarray(rows, np.int64)]
 
     def pair_index(self, store_nbr: np.ndarray, item_nbr: np.ndarray) -> np.ndarray:
         """Row of each (store, item) pair; -1 where the model has no history for it."""
@@ -345,7 +356,8 @@ def encode(
     month_end = (days + 1).astype("M8[M]") != days.astype("M8[M]")
     payday = (day_of_month == 15) | month_end
     num = np.empty((n, len(NUM_FEATURES)), dtype=np.float32)
-    num[:, 0] = np.asarray(onpromotion, dtype=bool)
+    # 1 on promotion, 0 not, 0.5 unknown (the real file's early years leave the flag empty)
+    num[:, 0] = np.clip(np.asarray(onpromotion, dtype=np.float32), 0.0, 1.0)
     num[:, 1] = np.where(i_ok, tables.perishable[np.maximum(i, 0)] if len(tables.perishable) else 0, 0)
     num[:, 2] = payday
     num[:, 3] = day_of_month / 31.0

@@ -30,7 +30,9 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, Field, ValidationError
+
+from models.strict import Strict
 
 from models.envelope import MalformedDocument, Signed, verify_document
 from models.signing import SignatureError, key_id
@@ -57,8 +59,7 @@ def public_from_b64(value: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(base64.b64decode(value, validate=True))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Strict = Strict  # the contract's one strict base (models.strict)
 
 
 class KeyEntry(_Strict):

@@ -7,10 +7,12 @@ exact bytes of ``manifest.json``, and the manifest holds the sha256 and size of 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from models.canonical import canonical_json
+from models.strict import Strict
 
 from models.contract import CAT_FEATURES, CONTRACT_VERSION, LAG_WINDOW_DAYS, NUM_FEATURES
 from models.messages import Identifier, Sha256Hex
@@ -28,13 +30,9 @@ __all__ = [
 MANIFEST_SCHEMA_VERSION = 1
 
 
-def canonical_json(obj: Any) -> bytes:
-    """Deterministic JSON bytes (sorted keys, no spaces): what gets hashed and signed."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+_Strict = Strict  # the contract's one strict base (models.strict)
 
 
 class FileEntry(_Strict):

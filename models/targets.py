@@ -33,7 +33,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, Field, ValidationError
+
+from models.strict import Strict
 
 from models.envelope import MalformedDocument, Signed, verify_document
 from models.messages import Identifier, ModelAnnouncement, Sha256Hex
@@ -50,8 +52,7 @@ class TargetsError(Exception):
         self.reason = reason
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Strict = Strict  # the contract's one strict base (models.strict)
 
 
 class BundleRef(_Strict):

@@ -35,6 +35,7 @@ __all__ = [
     "response",
     "events",
     "telemetry",
+    "feedback",
     "model_announce",
     "bundle_chunk",
     "bundle_chunks",
@@ -91,6 +92,11 @@ def events(fleet: str, device: str, prefix: str = PREFIX) -> str:
 def telemetry(fleet: str, device: str, prefix: str = PREFIX) -> str:
     """Periodic ``TelemetryRecord`` stream (not retained; sequence numbers shared with ``events``)."""
     return f"{_device_base(fleet, device, prefix)}/telemetry"
+
+
+def feedback(fleet: str, device: str, prefix: str = PREFIX) -> str:
+    """Staff feedback records (``models.feedback.FeedbackRecord``), spooled with their own sequence."""
+    return f"{_device_base(fleet, device, prefix)}/feedback"
 
 
 def device_wildcard(fleet: str, leaf: str, prefix: str = PREFIX) -> str:

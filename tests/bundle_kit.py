@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -117,10 +116,10 @@ def _holdout(
     y = enc.num[:, 8].astype(np.float32)
     perishable = {i["item_nbr"]: bool(i["perishable"]) for i in ITEMS}
     weight = kaggle_weights([perishable.get(int(i), False) for i in state.item_nbr[pair]]).astype(np.float32)
-    preds = {f"pred_{v.replace('-', '_')}": pred for v in ("keras", *variants)}
-    buf = io.BytesIO()
-    np.savez_compressed(buf, cat=enc.cat, num=enc.num, y=y, weight=weight, **preds)
-    return buf.getvalue(), weighted_rmse_log(y, np.maximum(pred, 0), weight)
+    from models.holdout import write_holdout
+
+    data = write_holdout(enc.cat, enc.num, y, weight, {v: pred for v in ("keras", *variants)})
+    return data, weighted_rmse_log(y, np.maximum(pred, 0), weight)
 
 
 def build_bundle(

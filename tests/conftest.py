@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from edgeship.demo import free_port  # noqa: F401  (one implementation; tests import it from here)
 from cryptography.hazmat.primitives import serialization
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -31,12 +33,6 @@ def require(condition: bool, why: str) -> None:
     if IN_CI:
         pytest.fail(f"{why} (CI=true: install it, tests may not skip)")
     pytest.skip(why)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def mosquitto_binary() -> str | None:
@@ -89,7 +85,7 @@ class Mosquitto:
                 return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited: {(self.workdir / 'mosquitto.log').read_text()[-2000:]}")
+                    raise RuntimeError(f"mosquitto exited: {(self.workdir / 'mosquitto.log').read_text()[-2000:]}") from None
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start listening within 10 s")
 

@@ -288,8 +288,14 @@ def _stream_train(
     chunksize: int,
     progress: bool,
     max_errors: int,
+    known: dict[str, np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Stream ``train.csv``: validate each chunk, keep the rows in the window and stores."""
+    """Stream ``train.csv``: validate each chunk, keep the rows in the window and stores.
+
+    ``known`` maps a column (``item_nbr``, ``store_nbr``) to the ids its reference table holds: a row
+    naming another id fails validation (rule ``known item`` / ``known store``) — joined silently it
+    would borrow another item's perishable flag.
+    """
     from tqdm.auto import tqdm
 
     file = "train.csv"
@@ -322,6 +328,8 @@ def _stream_train(
                     typed = validate_frame(raw, file, first_line=line, max_errors=max_errors, schema=schema)
                     dates = typed["date"].to_numpy()
                     check_sorted_dates(dates, file, first_line=line, previous=previous)
+                    if known:
+                        _check_known_ids(typed, known, file, first_line=line, max_errors=max_errors)
                     stats["rows_read"] += len(typed)
                     stats["chunks"] += 1
                     line += len(raw)
@@ -347,6 +355,29 @@ def _stream_train(
             bar.close()
     frame = pd.concat(pieces, ignore_index=True) if pieces else _empty(schema, _TRAIN_COLUMNS)
     return frame[_TRAIN_COLUMNS], stats
+
+
+_REFERENCE = {"item_nbr": ("items.csv", "known item"), "store_nbr": ("stores.csv", "known store")}
+
+
+def _check_known_ids(
+    frame: pd.DataFrame, known: dict[str, np.ndarray], file: str, *, first_line: int, max_errors: int
+) -> None:
+    """Raise :class:`DataValidationError` for rows whose ids are not in their reference tables."""
+    issues: list[ValidationIssue] = []
+    total = 0
+    for column, ids in known.items():
+        values = frame[column].to_numpy()
+        bad = np.flatnonzero(~np.isin(values, ids))
+        total += len(bad)
+        table, rule = _REFERENCE[column]
+        for pos in bad[:max_errors].tolist():
+            issues.append(
+                ValidationIssue(file, column, first_line + pos, rule, f"{values[pos]} is not in {table}", None)
+            )
+    if issues:
+        issues.sort(key=lambda i: i.line or 0)
+        raise DataValidationError(issues[:max_errors], total=total)
 
 
 # -------------------------------------------------------------------------------------- version
@@ -451,6 +482,7 @@ def load(
         chunksize=chunksize,
         progress=progress,
         max_errors=max_errors,
+        known={"item_nbr": items["item_nbr"].to_numpy(), "store_nbr": store_table["store_nbr"].to_numpy()},
     )
 
     transactions = optional["transactions"]

@@ -31,7 +31,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -49,6 +49,9 @@ __all__ = [
     "EARTHQUAKE",
     "TEST_DAYS",
     "HOLIDAY_HORIZON_DAYS",
+    "DIFFICULTIES",
+    "ORACLE_FILE",
+    "ORACLE_TRAIN_DAYS",
     "holiday_table",
     "easter",
 ]
@@ -70,6 +73,15 @@ PROMO_KNOWN_FROM = dt.date(2014, 4, 1)
 EARTHQUAKE = dt.date(2016, 4, 16)
 TEST_DAYS = 16
 HOLIDAY_HORIZON_DAYS = 140
+#: Profiles: ``easy`` (stationary pair levels, independent store shocks — quick demos and tests) and
+#: ``hard`` (what separates models: see :func:`_harden`).
+DIFFICULTIES = ("easy", "hard")
+#: ``oracle.csv`` covers the last ORACLE_TRAIN_DAYS days of train.csv and every test.csv day.
+ORACLE_TRAIN_DAYS = 32
+ORACLE_FILE = "oracle.csv"
+_ORACLE_DRAWS = 96
+_STOCKOUT_START = 0.004  # hard: chance a pair runs out on a given day
+_STOCKOUT_RUN_MEAN = 4.0
 
 #: Real (city, state) pairs of Ecuador with Favorita stores; the first stores take them in order.
 CITIES: tuple[tuple[str, str], ...] = (
@@ -257,6 +269,7 @@ class SynthSummary:
     items: int
     days: int
     seed: int
+    difficulty: str = "easy"
     bytes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -276,6 +289,7 @@ class SynthSummary:
             "items": self.items,
             "days": self.days,
             "seed": self.seed,
+            "difficulty": self.difficulty,
             "seconds": round(self.seconds, 3),
         }
 
@@ -286,7 +300,7 @@ class SynthSummary:
             f"  train {self.start} .. {self.end} ({self.days} days), test {self.test_start} .. {self.test_end}",
             f"  {self.stores} stores x {self.items} items, holidays to {self.holidays_end}",
         ]
-        for name in FILES:
+        for name in (*FILES, ORACLE_FILE):
             if name in self.rows:
                 lines.append(f"  {name:<20} {self.rows[name]:>12,} rows {self.bytes.get(name, 0):>14,} bytes")
         return "\n".join(lines)
@@ -423,6 +437,11 @@ class _World:
     quake_start: int  # day index of the earthquake (may be outside the simulated days)
     campaign: np.ndarray  # (D, I) bool: item on promotion campaign that day
     holidays: pd.DataFrame
+    # hard profile only (None in the easy one): see _harden
+    pair_level: np.ndarray | None = None  # (D, S, I) float32 multiplier: shifts, trends, intro/discontinuation, openings
+    stockout: np.ndarray | None = None  # (D, S, I) bool: zero sales despite demand
+    promo_lift_day: np.ndarray | None = None  # (D, I) lift on a campaign day: family-specific, decaying over the run
+    promo_known_from: np.datetime64 | None = None  # onpromotion is empty in train.csv before this day
 
 
 def _seed_seq(seed: int, *key: int) -> np.random.Generator:
@@ -601,7 +620,7 @@ class _AtomicText:
     def __enter__(self) -> TextIO:
         return self.fh
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type, exc, _tb) -> None:
         try:
             if exc_type is None:
                 self.fh.flush()
@@ -625,45 +644,159 @@ def _date_text(dates: np.ndarray) -> np.ndarray:
     return np.datetime_as_string(dates, unit="D").astype(object)
 
 
+def _harden(world: _World, seed: int) -> _World:
+    """The hard profile: the world a model must *learn* rather than average.
+
+    * per-pair level shifts (~1 per 300 days, log-jump N(0, 0.45)) and trends (N(0, 0.35) per year);
+    * store shocks AR(1) (phi 0.85) instead of independent day to day;
+    * item introductions (15% of items start after the first day) and discontinuations (10% stop);
+    * store openings (one store in six, at least one, opens during the first 60% of the days);
+    * stock-outs: runs (mean 4 days, start chance 0.4%/day) of zero sales despite demand;
+    * promotion lifts that differ by family and decay over a campaign (tau 2–10 days by family);
+    * ``onpromotion`` empty for the first 30% of the days (the real file's early years).
+    """
+    rng = _seed_seq(seed, 8)
+    n_days, n_stores, n_items = len(world.dates), len(world.store_nbr), len(world.item_nbr)
+    t = np.arange(n_days, dtype=np.float64)[:, None, None]
+    log_level = rng.normal(0.0, 0.35, (1, n_stores, n_items)) * t / 365.25  # trends
+    shifts = rng.random((n_days, n_stores, n_items)) < 1.0 / 300
+    shifts[0] = False
+    log_level += np.cumsum(np.where(shifts, rng.normal(0.0, 0.45, shifts.shape), 0.0), axis=0)
+    level = np.exp(log_level).astype(np.float32)
+    intro = np.where(rng.random(n_items) < 0.15, rng.integers(n_days // 10, n_days - 20, n_items), 0)
+    stop = np.where(rng.random(n_items) < 0.10, rng.integers(n_days // 3, n_days, n_items), n_days)
+    alive_item = (t[:, :, 0] >= intro[None, :]) & (t[:, :, 0] < stop[None, :])  # (D, I)
+    opens = np.zeros(n_stores, np.int64)  # store 1 always trades; about one store in six opens late
+    late = rng.permutation(np.arange(1, n_stores))[: max(1, round(n_stores / 6))] if n_stores > 1 else []
+    opens[late] = rng.integers(n_days // 10, int(n_days * 0.6) + 1, len(late))
+    alive_store = t[:, :, 0] >= opens[None, :]  # (D, S)
+    level *= alive_item[:, None, :]
+    # AR(1) store shocks replace the independent ones
+    shocks = np.zeros((n_days, n_stores))
+    eps = rng.normal(0.0, 0.12 * np.sqrt(1 - 0.85**2), (n_days, n_stores))
+    for k in range(1, n_days):
+        shocks[k] = 0.85 * shocks[k - 1] + eps[k]
+    store_day = world.store_day * np.exp(shocks) * alive_store  # a store not yet open sells nothing
+    # stock-outs
+    starts = rng.random((n_days, n_stores, n_items)) < _STOCKOUT_START
+    lengths = rng.geometric(1.0 / _STOCKOUT_RUN_MEAN, size=starts.shape)
+    diff = np.zeros((n_days + 1, n_stores, n_items), np.int16)
+    d, s_, i = np.nonzero(starts)
+    np.add.at(diff, (d, s_, i), 1)
+    np.add.at(diff, (np.minimum(d + lengths[d, s_, i], n_days), s_, i), -1)
+    stockout = np.cumsum(diff[:-1], axis=0) > 0
+    # family-specific decaying promotion lifts
+    fams = sorted(set(world.family))
+    fam_idx = np.array([fams.index(f) for f in world.family])
+    fam_lift = np.exp(rng.normal(np.log(1.9), 0.45, len(fams)))
+    fam_tau = rng.uniform(2.0, 10.0, len(fams))
+    run_pos = np.zeros((n_days, n_items))
+    for k in range(1, n_days):
+        run_pos[k] = np.where(world.campaign[k - 1], run_pos[k - 1] + 1, 0)
+    item_lift = fam_lift[fam_idx] * np.exp(rng.normal(0.0, 0.15, n_items))
+    promo_lift_day = 1.0 + (item_lift[None, :] - 1.0) * np.exp(-run_pos / fam_tau[fam_idx][None, :])
+    known_from = world.dates[0] + np.timedelta64(int(n_days * 0.3), "D")
+    return replace(
+        world,
+        store_day=store_day,
+        pair_level=level,
+        stockout=stockout,
+        promo_lift_day=promo_lift_day,
+        promo_known_from=known_from,
+    )
+
+
+def _mu(world: _World, a: int, b: int, promo: np.ndarray) -> np.ndarray:
+    """Expected units (before noise and stock-outs), D x S x I, for days [a, b) with store flags ``promo``."""
+    mu = world.pair_base[None, :, :] * world.day_effect[a:b, None, :] * world.store_day[a:b, :, None]
+    if world.pair_level is not None:
+        mu = mu * world.pair_level[a:b]
+    lift = world.promo_lift[None, None, :] if world.promo_lift_day is None else world.promo_lift_day[a:b, None, :]
+    mu = mu * np.where(promo, lift, 1.0)
+    q_lo, q_hi = max(a, world.quake_start), min(b, world.quake_start + len(world.quake_effect))
+    if q_lo < q_hi:
+        mu[q_lo - a : q_hi - a] *= world.quake_effect[q_lo - world.quake_start : q_hi - world.quake_start]
+    return mu
+
+
+def _oracle_log(world: _World, mu: np.ndarray, seed: int, key: int) -> np.ndarray:
+    """E[log1p(sales)] of each cell given every latent factor (Monte Carlo over the count and weight
+    noise); stock-outs are unforeseeable, so the expectation weighs them with their steady-state chance."""
+    rng = _seed_seq(seed, 7, key)
+    r = world.dispersion[None, None, :]
+    out = np.zeros(mu.shape)
+    for _ in range(_ORACLE_DRAWS):
+        counts = rng.negative_binomial(np.broadcast_to(r, mu.shape), r / (r + mu)).astype(np.float64)
+        weight = np.exp(rng.normal(0.0, 0.12, mu.shape)) * world.unit_weight[None, None, :]
+        sales = np.where(world.by_weight[None, None, :], counts * weight, counts)
+        out += np.log1p(sales)
+    out /= _ORACLE_DRAWS
+    if world.stockout is not None:
+        p = _STOCKOUT_START * _STOCKOUT_RUN_MEAN / (1 + _STOCKOUT_START * _STOCKOUT_RUN_MEAN)
+        out *= 1.0 - p
+    return out
+
+
+def _oracle_frame(world: _World, a: int, mu: np.ndarray, promo: np.ndarray, seed: int) -> pd.DataFrame:
+    n_stores, n_items = world.pair_base.shape
+    d, s, i = np.indices(mu.shape).reshape(3, -1)
+    carried = world.pair_base[s, i] > 0
+    log_mu = _oracle_log(world, mu, seed, a)
+    return pd.DataFrame(
+        {
+            "date": _date_text(world.dates[a : a + mu.shape[0]])[d],
+            "store_nbr": world.store_nbr[s],
+            "item_nbr": world.item_nbr[i],
+            "onpromotion": np.where(promo[d, s, i], "True", "False"),
+            "oracle_log": np.round(log_mu[d, s, i], 6),
+        }
+    )[carried]
+
+
 def _blocks(n_days: int, cells_per_day: int, limit: int = 2_000_000) -> Iterator[tuple[int, int]]:
     size = max(1, limit // max(cells_per_day, 1))
     for a in range(0, n_days, size):
         yield a, min(n_days, a + size)
 
 
-def _simulate_block(world: _World, a: int, b: int, seed: int, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sales (float, D x S x I) and store promotion flags for days [a, b)."""
+def _simulate_block(world: _World, a: int, b: int, seed: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sales (float, D x S x I), store promotion flags and expected units for days [a, b)."""
     rng = _seed_seq(seed, 2, block)
     n_stores, n_items = world.pair_base.shape
     joined = rng.random((b - a, n_stores, n_items)) < _PROMO_STORE_SHARE
     promo = world.campaign[a:b, None, :] & joined
-    mu = world.pair_base[None, :, :] * world.day_effect[a:b, None, :] * world.store_day[a:b, :, None]
-    mu = mu * np.where(promo, world.promo_lift[None, None, :], 1.0)
-    q_lo, q_hi = max(a, world.quake_start), min(b, world.quake_start + len(world.quake_effect))
-    if q_lo < q_hi:
-        mu[q_lo - a : q_hi - a] *= world.quake_effect[q_lo - world.quake_start : q_hi - world.quake_start]
+    mu = _mu(world, a, b, promo)
     r = np.broadcast_to(world.dispersion[None, None, :], mu.shape)
     counts = rng.negative_binomial(r, r / (r + mu)).astype(np.float64)
     weight = np.exp(rng.normal(0.0, 0.12, mu.shape)) * world.unit_weight[None, None, :]
     sales = np.where(world.by_weight[None, None, :], np.round(counts * weight, 3), counts)
     sales = np.where((counts > 0) & (sales <= 0), 0.001, sales)
+    if world.stockout is not None:
+        sales = np.where(world.stockout[a:b], 0.0, sales)
     # Returns: a net negative day for the item at the store (only where it is sold and open).
     open_ = (world.pair_base[None, :, :] > 0) & (world.store_day[a:b, :, None] > 0)
+    if world.pair_level is not None:
+        open_ &= world.pair_level[a:b] > 0
     returns = open_ & (rng.random(mu.shape) < _RETURN_RATE)
     if returns.any():
         units = 1.0 + rng.poisson(0.4, mu.shape)
         kg = np.round(world.unit_weight[None, None, :] * rng.uniform(0.2, 1.5, mu.shape) + 0.001, 3)
         sales = np.where(returns, -np.where(world.by_weight[None, None, :], kg, units), sales)
-    return sales, promo
+    return sales, promo, mu
 
 
-def _train_rows(world: _World, n_train: int, seed: int) -> Iterator[pd.DataFrame]:
-    """Blocks of train.csv rows, in (date, store, item) order."""
+def _train_rows(
+    world: _World, n_train: int, seed: int, oracle: list[pd.DataFrame] | None = None
+) -> Iterator[pd.DataFrame]:
+    """Blocks of train.csv rows, in (date, store, item) order (``oracle`` collects the last days' truth)."""
     n_stores, n_items = world.pair_base.shape
-    promo_known = np.datetime64(PROMO_KNOWN_FROM, "D")
+    promo_known = world.promo_known_from if world.promo_known_from is not None else np.datetime64(PROMO_KNOWN_FROM, "D")
     first_id = 0
     for block, (a, b) in enumerate(_blocks(n_train, n_stores * n_items)):
-        sales, promo = _simulate_block(world, a, b, seed, block)
+        sales, promo, mu = _simulate_block(world, a, b, seed, block)
+        lo = max(a, n_train - ORACLE_TRAIN_DAYS)
+        if oracle is not None and lo < b:
+            oracle.append(_oracle_frame(world, lo, mu[lo - a :], promo[lo - a :], seed))
         d, s, i = np.nonzero(sales)
         dates = world.dates[a:b]
         promo_text = np.array(["False", "True"], dtype=object)[promo[d, s, i].astype(np.int8)]
@@ -715,16 +848,20 @@ def _oil(world: _World, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"date": _date_text(days), "dcoilwtico": text})
 
 
-def _test_rows(world: _World, n_train: int, first_id: int, seed: int) -> pd.DataFrame:
+def _test_rows(
+    world: _World, n_train: int, first_id: int, seed: int, oracle: list[pd.DataFrame] | None = None
+) -> pd.DataFrame:
     rng = _seed_seq(seed, 6)
     n_stores, n_items = world.pair_base.shape
     n_test = len(world.dates) - n_train
     joined = rng.random((n_test, n_stores, n_items)) < _PROMO_STORE_SHARE
     promo = world.campaign[n_train:, None, :] & joined
+    if oracle is not None:
+        oracle.append(_oracle_frame(world, n_train, _mu(world, n_train, len(world.dates), promo), promo, seed))
     d, s, i = np.indices((n_test, n_stores, n_items)).reshape(3, -1)
     dates = world.dates[n_train:]
     promo_text = np.array(["False", "True"], dtype=object)[promo[d, s, i].astype(np.int8)]
-    promo_text[dates[d] < np.datetime64(PROMO_KNOWN_FROM, "D")] = ""
+    promo_text[dates[d] < (world.promo_known_from or np.datetime64(PROMO_KNOWN_FROM, "D"))] = ""
     return pd.DataFrame(
         {
             "id": np.arange(first_id, first_id + len(d), dtype=np.int64),
@@ -752,6 +889,8 @@ def generate(
     days: int = 540,
     seed: int = 0,
     end: dt.date | str = dt.date(2017, 8, 15),
+    difficulty: str = "easy",
+    oracle: bool = True,
 ) -> SynthSummary:
     """Write the seven Favorita files for ``days`` training days ending on ``end``.
 
@@ -759,7 +898,15 @@ def generate(
     of the first training year to ``end`` + 140 days; ``oil.csv`` covers training and test days.
     Existing files of the same names in ``out_dir`` are replaced (atomically). The default size
     (5 stores x 50 items x 540 days, ~80k train rows) takes well under a second.
+
+    ``difficulty="hard"`` draws the world of :func:`_harden`. With ``oracle`` (default) it also
+    writes :data:`ORACLE_FILE`: for every carried store x item on the last :data:`ORACLE_TRAIN_DAYS`
+    training days and every test day, the true promotion flag (the one a shop would send, also on
+    days without sales) and ``oracle_log``, the expected log1p(sales) given the world's latent state
+    — the best any model could do, so a report can show each model's gap to it.
     """
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)} (got {difficulty!r})")
     for name, value, low in (("stores", stores, 1), ("items", items, 1), ("days", days, 1)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low} (got {value!r})")
@@ -775,20 +922,26 @@ def generate(
     logger.info("generating synthetic Favorita data: %d stores x %d items x %d days -> %s", stores, items, days, out)
 
     world = _build_world(stores, items, start, end_date, seed)
+    if difficulty == "hard":
+        world = _harden(world, seed)
     paths = {name: out / name for name in FILES}
+    truth: list[pd.DataFrame] | None = [] if oracle else None
     rows: dict[str, int] = {}
 
     # train.csv, streamed block by block.
     n_train_rows = 0
     with _AtomicText(paths["train.csv"]) as fh:
         header = True
-        for frame in _train_rows(world, days, seed):
+        for frame in _train_rows(world, days, seed, truth):
             frame.to_csv(fh, index=False, header=header, lineterminator="\n")
             header = False
             n_train_rows += len(frame)
     rows["train.csv"] = n_train_rows
 
-    rows["test.csv"] = _write_frame(paths["test.csv"], _test_rows(world, days, n_train_rows, seed))
+    rows["test.csv"] = _write_frame(paths["test.csv"], _test_rows(world, days, n_train_rows, seed, truth))
+    if truth is not None:
+        paths[ORACLE_FILE] = out / ORACLE_FILE
+        rows[ORACLE_FILE] = _write_frame(paths[ORACLE_FILE], pd.concat(truth, ignore_index=True))
     rows["items.csv"] = _write_frame(
         paths["items.csv"],
         pd.DataFrame(
@@ -832,6 +985,7 @@ def generate(
         items=items,
         days=days,
         seed=seed,
+        difficulty=difficulty,
         bytes={name: p.stat().st_size for name, p in paths.items()},
         seconds=time.perf_counter() - t0,
     )

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from models import topics
-from models.broker import BrokerURL, new_client
+from models.broker import BrokerURL, connect_and_wait, new_client
 from models.envelope import Signed, sign_document
 from models.messages import ChunkRequest, DeviceCommand, ModelAnnouncement, utcnow
 from models.signing import load_private_key
@@ -273,14 +273,9 @@ class Publisher:
     # -- connection -------------------------------------------------------------------------
     def connect(self, timeout: float = 15.0) -> Publisher:
         try:
-            self.client.connect(self.url.host, self.url.port, keepalive=30)
-        except OSError as exc:
-            raise PublishError(f"cannot reach broker {self.url}: {exc}") from exc
-        self.client.loop_start()
-        if not self._connected.wait(timeout):
-            self.client.loop_stop()
-            raise PublishError(f"broker {self.url} did not accept the connection within {timeout:.0f} s"
-                               + (f" ({self._refused})" if self._refused else ""))  # fmt: skip
+            connect_and_wait(self.client, self.url, self._connected, timeout=timeout, refused=lambda: self._refused)
+        except ConnectionError as exc:
+            raise PublishError(str(exc)) from exc
         return self
 
     def close(self) -> None:

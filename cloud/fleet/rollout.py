@@ -58,6 +58,7 @@ from cloud.fleet.publish import (
     sign_targets,
 )
 from models.envelope import Signed
+from models.fsutil import atomic_write_bytes
 from models.messages import DeviceState, ModelAnnouncement, utcnow
 from models.targets import Targets, announcement_of
 
@@ -193,9 +194,7 @@ def _numbers(data: Any, prefix: str = "") -> dict[str, float]:
 # -- state files ------------------------------------------------------------------------------
 def _atomic_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(data, indent=1, default=str) + "\n").encode())
 
 
 def _read_json(path: Path) -> Any:

@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from models import topics
-from models.broker import BrokerURL, new_client
+from models.broker import BrokerURL, connect_and_wait, new_client
 from models.messages import DeviceState, utcnow
 
 __all__ = ["DeviceView", "FleetView", "fleet_status", "format_table"]
@@ -126,14 +126,7 @@ class FleetView:
         self.client.on_message = self._on_message
 
     def start(self, timeout: float = 15.0) -> FleetView:
-        try:
-            self.client.connect(self.url.host, self.url.port, keepalive=30)
-        except OSError as exc:
-            raise ConnectionError(f"cannot reach broker {self.url}: {exc}") from exc
-        self.client.loop_start()
-        if not self._connected.wait(timeout):
-            self.client.loop_stop()
-            raise ConnectionError(f"broker {self.url} did not accept the connection ({self._refused or 'timeout'})")
+        connect_and_wait(self.client, self.url, self._connected, timeout=timeout, refused=lambda: self._refused)
         return self
 
     def close(self) -> None:
@@ -289,4 +282,4 @@ def format_table(rows: list[dict[str, Any]], now: dt.datetime | None = None) -> 
             model += f" (→v{d['version']} {d.get('have', 0)}/{d.get('total', '?')})"
         lines.append([r["device"], online, model, _ago(r["last_seen"], now), _gate_text(r["gate"]), hardware, attrs])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)

@@ -6,6 +6,10 @@
 * ``baseline-ma-dow`` — the classic Favorita moving average: the mean of log1p sales over the last
   ``ma_days`` days before the validation split, adjusted by that weekday's deviation over 8 weeks.
   It forecasts the whole validation window from history before it, as a shop would.
+* ``baseline-mean14`` — the mean of log1p sales over the 14 days before the validation split.
+* ``baseline-lightgbm`` — gradient-boosted trees (the Favorita winners' model) on the model's own
+  20 features, learning log1p sales; the number of rounds is chosen by early stopping on the last
+  days of the *training* period, then refit on all of it (the validation split never chooses).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 from cloud.training.prepare import Prepared, Split
 from models.contract import LAG_WINDOW_DAYS
 
-__all__ = ["rf_features", "random_forest", "moving_average_dow"]
+__all__ = ["rf_features", "random_forest", "moving_average_dow", "mean14", "lightgbm"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,3 +76,45 @@ def moving_average_dow(prep: Prepared, *, ma_days: int) -> np.ndarray:
     target_dow = (m.dates[valid.day].astype(np.int64) + 3) % 7
     pred = ma[valid.pair] + dow_mean[valid.pair, target_dow] - overall[valid.pair]
     return np.maximum(pred, 0.0).astype(np.float32)
+
+
+def mean14(prep: Prepared, days: int = 14) -> np.ndarray:
+    """The mean of log1p sales over the ``days`` days before the validation split, for every validation row."""
+    m, valid = prep.matrix, prep.valid
+    cut = int(valid.day.min())
+    return m.log_sales[:, cut - days : cut].astype(np.float64).mean(axis=1)[valid.pair].astype(np.float32)
+
+
+def _lgb_x(x) -> np.ndarray:
+    return np.concatenate([x.cat.astype(np.float32), x.num], axis=1)
+
+
+def lightgbm(prep: Prepared, *, seed: int, max_rounds: int = 600, threads: int = 2) -> tuple[np.ndarray, dict[str, float]]:
+    """Fit LightGBM on the training split (rounds by early stopping on its last 14 days); predict validation (log1p)."""
+    import lightgbm as lgb
+
+    train = prep.train
+    x, y = _lgb_x(train.x), train.y
+    last = train.day.max()
+    inner = train.day <= last - 14
+    params = {
+        "objective": "regression",
+        "learning_rate": 0.05,
+        "num_leaves": 63,
+        "min_data_in_leaf": 50,
+        "feature_fraction": 0.9,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "seed": seed,
+        "num_threads": threads,
+        "verbose": -1,
+    }
+    cats = list(range(train.x.cat.shape[1]))
+    w = np.where(train.perishable, 1.25, 1.0)
+    dtr = lgb.Dataset(x[inner], y[inner], weight=w[inner], categorical_feature=cats, free_raw_data=False)
+    dva = lgb.Dataset(x[~inner], y[~inner], weight=w[~inner], categorical_feature=cats, reference=dtr)
+    probe = lgb.train(params, dtr, max_rounds, valid_sets=[dva], callbacks=[lgb.early_stopping(30, verbose=False)])
+    rounds = max(1, int(probe.best_iteration or max_rounds))
+    model = lgb.train(params, lgb.Dataset(x, y, weight=w, categorical_feature=cats), rounds)
+    pred = np.maximum(model.predict(_lgb_x(prep.valid.x)), 0.0).astype(np.float32)
+    return pred, {"rounds": rounds}

@@ -25,20 +25,14 @@ import numpy as np
 from cloud.training.train import quiet_tensorflow
 from models.contract import CAT_FEATURES, NUM_FEATURES
 from models.features import Encoded
+from models.variants import VARIANTS
 
 __all__ = ["VARIANT_FILES", "export_tflite", "export_onnx", "export_all"]
 
 logger = logging.getLogger(__name__)
 
 #: Bundle member name per variant.
-VARIANT_FILES = {
-    "tflite-fp32": "models/tflite-fp32.tflite",
-    "tflite-fp16": "models/tflite-fp16.tflite",
-    "tflite-dynamic": "models/tflite-dynamic.tflite",
-    "tflite-int8": "models/tflite-int8.tflite",
-    "onnx-fp32": "models/onnx-fp32.onnx",
-    "onnx-int8": "models/onnx-int8.onnx",
-}
+VARIANT_FILES = {name: v.file for name, v in VARIANTS.items()}  # bundle paths, from models.variants
 
 
 def export_tflite(model: Any, precision: str, calibration: Encoded | None = None) -> bytes:

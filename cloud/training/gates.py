@@ -19,6 +19,7 @@ import numpy as np
 from cloud.training.metrics import nwrmsle_log, r2
 from models.features import Encoded, target_inverse
 from models.recipes import Tolerance
+from models.variants import spec
 
 __all__ = ["GateError", "Verdict", "baseline_gate", "parity_gate", "run_variant", "score"]
 
@@ -70,7 +71,7 @@ def run_variant(variant: str, model_bytes: bytes, x: Encoded, threads: int = 1) 
     name = runtime_for_variant(variant, available)
     if name is None:
         raise GateError(f"no edge runtime can run {variant} here: {available}")
-    suffix = ".tflite" if variant.startswith("tflite") else ".onnx"
+    suffix = spec(variant).suffix
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, f"model{suffix}")
         path.write_bytes(model_bytes)

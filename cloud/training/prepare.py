@@ -23,7 +23,45 @@ import pandas as pd
 from models.contract import LAG_WINDOW_DAYS
 from models.features import Encoded, SalesState, Tables, encode, target_transform
 
-__all__ = ["SalesMatrix", "Split", "Prepared", "sales_matrix", "build_tables", "prepare", "encode_at"]
+__all__ = [
+    "SalesMatrix",
+    "Split",
+    "Prepared",
+    "sales_matrix",
+    "build_tables",
+    "prepare",
+    "encode_at",
+    "impute_promo",
+]
+
+
+def impute_promo(promo: np.ndarray, sold: np.ndarray, item_nbr: np.ndarray, unknown_days: np.ndarray | None = None) -> np.ndarray:
+    """Promotion flags for the days a pair sold nothing, as far as the data allows.
+
+    ``train.csv`` has rows (and flags) only for days with sales, so the daily grid says "not on
+    promotion" exactly where nothing sold: on promotion would nearly imply sold — a leak a shop's
+    request (which carries the true flag for every row) does not have. Promotions are campaigns of
+    the item across stores, so a pair without a row takes the flag most stores that sold the item
+    that day had (False when none sold it). Days in ``unknown_days`` (flags empty in the file) are
+    0.5, a third state, for every pair.
+
+    >>> import numpy as np
+    >>> promo = np.array([[1, 0], [1, 0], [0, 0]], np.float32)   # 3 pairs of one item, 2 days
+    >>> sold = np.array([[1, 1], [1, 0], [0, 0]], bool)
+    >>> impute_promo(promo, sold, np.array([7, 7, 7])).tolist()
+    [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]
+    """
+    codes = np.unique(item_nbr, return_inverse=True)[1]
+    n_items = int(codes.max()) + 1 if len(codes) else 0
+    on = np.zeros((n_items, promo.shape[1]))
+    seen = np.zeros((n_items, promo.shape[1]))
+    np.add.at(on, codes, (promo > 0.5) & sold)
+    np.add.at(seen, codes, sold)
+    share = np.divide(on, seen, out=np.zeros_like(on), where=seen > 0)
+    out = np.where(sold, promo, (share[codes] >= 0.5).astype(np.float32)).astype(np.float32)
+    if unknown_days is not None and len(unknown_days):
+        out[:, unknown_days] = 0.5
+    return out
 
 logger = logging.getLogger(__name__)
 _CHUNK = 65_536
@@ -38,7 +76,7 @@ class SalesMatrix:
     dates: np.ndarray  # M8[D] [D], consecutive days
     log_sales: np.ndarray  # float32 [P, D]
     sales: np.ndarray  # float64 [P, D], cleaned units (returns counted as 0)
-    promo: np.ndarray  # bool [P, D]
+    promo: np.ndarray  # float32 [P, D]: 1 on promotion, 0 not, 0.5 unknown (see impute_promo)
 
     def state(self, end: int | None = None) -> SalesState:
         """The lag windows of every pair as of day index ``end`` (default: the last day)."""
@@ -61,7 +99,7 @@ def sales_matrix(grid: pd.DataFrame) -> SalesMatrix:
     stores = grid["store_nbr"].to_numpy(np.int64).reshape(n_pairs, n_days)
     items = grid["item_nbr"].to_numpy(np.int64).reshape(n_pairs, n_days)
     sales = np.maximum(grid["unit_sales"].to_numpy(np.float64), 0.0).reshape(n_pairs, n_days)
-    promo = grid["onpromotion"].fillna(False).to_numpy(bool).reshape(n_pairs, n_days)
+    promo = grid["onpromotion"].fillna(False).to_numpy(bool).reshape(n_pairs, n_days).astype(np.float32)
     return SalesMatrix(
         store_nbr=stores[:, 0].copy(),
         item_nbr=items[:, 0].copy(),
@@ -147,11 +185,26 @@ def prepare(
     *,
     validation_days: int,
     train_days: int,
+    horizon: int | None = None,
+    unknown_promo_days: np.ndarray | None = None,
+    valid_promo: np.ndarray | None = None,
 ) -> Prepared:
-    """Encode a dense daily grid into train and validation splits (validation = the last days)."""
+    """Encode a dense daily grid into train and validation splits (validation = the last days).
+
+    Training rows cycle the forecast offsets 1…``horizon`` (the days the agent serves; default
+    ``validation_days``). Flags of days without sales are imputed (:func:`impute_promo`); days in
+    ``unknown_promo_days`` (indices) are 0.5. ``valid_promo`` [P, validation_days] replaces the
+    validation days' flags with the true ones when known (the synthetic oracle; a shop's request).
+    """
     m = sales_matrix(grid)
     n_days = len(m.dates)
-    horizon = validation_days
+    horizon = horizon or validation_days
+    if validation_days > horizon:
+        raise ValueError(f"validation_days ({validation_days}) must not exceed the served horizon ({horizon})")
+    promo = impute_promo(m.promo, m.sales > 0, m.item_nbr, unknown_promo_days)
+    if valid_promo is not None:
+        promo[:, n_days - validation_days :] = valid_promo
+    m = dataclasses.replace(m, promo=promo)
     first_target = LAG_WINDOW_DAYS - 1 + horizon  # earliest day with a full window at every offset
     valid_start = n_days - validation_days
     train_start = max(first_target, valid_start - train_days)

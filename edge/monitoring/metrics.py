@@ -9,6 +9,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -105,6 +106,19 @@ class AgentMetrics:
             ["action"],
             registry=r,
         )
+        # device input (edge.serving.ingest_routes): the serial bridge's sale events and sensor readings
+        self.sale_events = Counter(
+            "edgeship_sale_events",
+            "Sale events from devices by transport and outcome (accepted, duplicate, invalid).",
+            ["transport", "outcome"],
+            registry=r,
+        )
+        self.sensor_readings = Counter(
+            "edgeship_sensor_readings", "Sensor readings from devices by transport and kind.", ["transport", "kind"], registry=r
+        )
+        self.sensor_value = Gauge(
+            "edgeship_sensor_value", "Last reading of each device sensor.", ["device", "sensor", "kind", "unit"], registry=r
+        )
         if process:
             ProcessCollector(registry=r)
 
@@ -132,6 +146,38 @@ class AgentMetrics:
             self.model_info.labels(
                 info.name, str(info.version), info.digest, info.variant, info.runtime, ",".join(info.providers)
             ).set(1)
+
+    def summary(self) -> dict[str, Any]:
+        """Cumulative counters and latency histograms as compact JSON, for telemetry to the fleet
+        exporter (:mod:`cloud.fleet.exporter`), which re-exposes them per device::
+
+            {"requests": {"http:ok": 12}, "latency": {"http": {"le": [...], "counts": [...], "sum": 0.01, "count": 12}},
+             "gate_runs": {"passed": 1}, "updates": {"active": 1}, "rollbacks": {}, "bad_messages": 0}
+        """
+        out: dict[str, Any] = {"requests": {}, "latency": {}, "gate_runs": {}, "updates": {}, "rollbacks": {}}
+        for key, metric, label in (
+            ("requests", self.requests, None),
+            ("gate_runs", self.gate_runs, "result"),
+            ("updates", self.model_updates, "outcome"),
+            ("rollbacks", self.model_rollbacks, "reason"),
+        ):
+            for family in metric.collect():
+                for s in family.samples:
+                    if s.name.endswith("_total"):
+                        name = f"{s.labels['transport']}:{s.labels['outcome']}" if label is None else s.labels[label]
+                        out[key][name] = s.value
+        for family in self.request_duration.collect():
+            for s in family.samples:
+                h = out["latency"].setdefault(s.labels["transport"], {"le": [], "counts": [], "sum": 0.0, "count": 0})
+                if s.name.endswith("_bucket") and s.labels["le"] != "+Inf":
+                    h["le"].append(float(s.labels["le"]))
+                    h["counts"].append(s.value)
+                elif s.name.endswith("_sum"):
+                    h["sum"] = s.value
+                elif s.name.endswith("_count"):
+                    h["count"] = s.value
+        out["bad_messages"] = sum(s.value for f in self.bad_messages.collect() for s in f.samples if s.name.endswith("_total"))
+        return out
 
     def exposition(self) -> tuple[bytes, str]:
         """Prometheus text format and its content type."""

@@ -274,10 +274,11 @@ class Telemetry:
         self._update_gauges()
 
     # -- wiring -----------------------------------------------------------------------------
-    def attach(self, link: Any) -> None:
-        """Send through ``link`` (an :class:`edge.delivery.link.MqttLink`) and take over its events."""
+    def attach(self, link: Any, *, events: bool = True) -> None:
+        """Send through ``link`` (an :class:`edge.delivery.link.MqttLink`) and (``events``) take over its events."""
         self._link = link
-        link.event_sink = self.event
+        if events:
+            link.event_sink = self.event
 
     def start(self) -> None:
         targets = [("edgeship-telemetry-send", self._send_loop)]
@@ -328,6 +329,10 @@ class Telemetry:
             return TelemetryRecord(device_id=self.device_id, seq=seq, data=data).model_dump_json().encode()
 
         return self._append(self._topic_telemetry, build, "telemetry")
+
+    def send(self, topic: str, build: Callable[[int], bytes], kind: str) -> int | None:
+        """Spool any message: ``build(seq)`` gets the next number and returns the payload (e.g. feedback)."""
+        return self._append(topic, build, kind)
 
     def _append(self, topic: str, build: Callable[[int], bytes], kind: str) -> int | None:
         try:
@@ -405,7 +410,10 @@ def for_agent(agent: Any) -> Telemetry:
                     requests[key] = requests.get(key, 0) + s.value
         data: dict[str, Any] = {
             "status": agent.device_state().status,
-            "model": None if current is None else {"version": current.version, "digest": current.digest},
+            "model": None if current is None else {"version": current.version, "digest": current.digest,
+                                                   "name": current.name, "variant": current.variant},
+            "metrics": agent.metrics.summary(),  # counters + latency histograms for the fleet exporter
+            "store": c.attributes.get("store_nbr") or c.attributes.get("store"),
             "requests": requests,
             "rss_bytes": _rss_bytes(),
         }

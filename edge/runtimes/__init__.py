@@ -19,6 +19,8 @@ from collections.abc import Mapping
 
 from edge.runtimes.base import Runtime, RuntimeLoadError, RuntimeUnavailable
 
+from models.variants import runtimes_for
+
 __all__ = [
     "REGISTRY",
     "Runtime",
@@ -39,8 +41,6 @@ REGISTRY: dict[str, str] = {
     "fake": "edge.runtimes.fake:FakeRuntime",
 }
 
-#: Which plugins can run a variant, by the variant name's prefix, preferred first.
-_BY_FORMAT: dict[str, tuple[str, ...]] = {"tflite": ("litert", "tflite_legacy"), "onnx": ("onnxruntime",)}
 
 
 @functools.cache
@@ -76,7 +76,7 @@ def runtime_for_variant(variant_name: str, available: Mapping[str, str], *, allo
     >>> runtime_for_variant("tflite-fp32", {"litert": "not installed", "tflite_legacy": "ok"})
     'tflite_legacy'
     """
-    for name in _BY_FORMAT.get(variant_name.split("-", 1)[0], ()):
+    for name in runtimes_for(variant_name):
         if available.get(name) == "ok":
             return name
     if allow_fake and available.get("fake") == "ok":

@@ -8,7 +8,10 @@ batching under load). It waits for more only when more are likely: when requests
 in flight together, it holds the first one until as many are queued, ``max_rows`` rows are
 queued, or ``max_wait`` (1 ms by default) has passed. A lone client is never held back: when
 nothing else is in flight and nothing was recently, a request runs at once on the caller's own
-thread (no hand-off to the worker), exactly as without batching.
+thread (no hand-off to the worker), exactly as without batching. On an asyncio loop
+(:meth:`MicroBatcher.submit_async`) the same holds: a request that finds no batch forming on its
+loop and nothing in flight elsewhere runs inline, without a future or a loop iteration's wait;
+only requests that overlap one already waiting join its batch.
 
 ::
 
@@ -36,6 +39,8 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge.serving.errors import Overloaded
+
 __all__ = ["BatchingConfig", "MicroBatcher", "Overloaded", "BatchMetrics"]
 
 logger = logging.getLogger(__name__)
@@ -59,10 +64,6 @@ class BatchingConfig(BaseModel):
     endpoint_max_rows: int = Field(
         default=10_000, ge=1, le=1_000_000, description="Most rows POST /v1/predict:batch accepts (413 beyond)."
     )
-
-
-class Overloaded(RuntimeError):
-    """Too many requests are queued: answer 503 and let the client retry."""
 
 
 class BatchMetrics:
@@ -214,8 +215,10 @@ class MicroBatcher(Generic[K, T]):
             self._thread.join(timeout)
 
     # -- submitting on an event loop --------------------------------------------------------
-    async def submit_async(self, key: K, item: T, rows: int = 1) -> Any:
-        """Queue one request on the running loop's batch and wait for its result."""
+    async def submit_async(self, key: K, item: T, rows: int = 1, *, alone: bool = True) -> Any:
+        """Queue one request on the running loop's batch and wait for its result. ``alone``: the
+        caller knows of no other request in flight on its loop (e.g. uvicorn's running request
+        tasks); then, if no batch is forming either, it runs inline."""
         if self._closed:
             raise Overloaded("the batcher is closed")
         loop = asyncio.get_running_loop()
@@ -226,6 +229,17 @@ class MicroBatcher(Generic[K, T]):
             if self._metrics is not None:
                 self._metrics.rejected.inc()
             raise Overloaded(f"{len(q.jobs)} requests are already waiting")
+        if alone and self._inline and not q.jobs:
+            with self._cond:
+                alone = self._inflight == 0
+                if alone:
+                    self._inflight += 1
+            if alone:  # nothing waits on this loop, nothing in flight elsewhere: no hand-off, no wait
+                try:
+                    return self._run_alone(key, item, max(1, rows))
+                finally:
+                    with self._cond:
+                        self._inflight -= 1
         job: _Job[K, T] = _Job(key, item, max(1, rows), loop.create_future())
         q.jobs.append(job)
         q.rows += job.rows
@@ -253,6 +267,17 @@ class MicroBatcher(Generic[K, T]):
             self._execute(jobs)
 
     # -- running ----------------------------------------------------------------------------
+    def _run_alone(self, key: K, item: T, rows: int) -> Any:
+        """One request, right here (a batch of one: its result, or its exception raised)."""
+        m = self._metrics
+        if m is not None:
+            m.rows.observe(rows)
+            m.requests.observe(1)
+        results = self._run(key, [item])
+        if len(results) != 1:
+            raise RuntimeError(f"batch function returned {len(results)} results for 1 item")
+        return results[0]
+
     def _execute(self, batch: list[_Job[K, T]], on_done: Callable[[], None] | None = None) -> None:
         """Run a batch (one call per key, in order) and settle every job's future."""
         started = time.perf_counter()

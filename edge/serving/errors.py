@@ -12,13 +12,30 @@ so a shop's developer can fix the request without reading our code.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
 from pydantic import ValidationError
 
-__all__ = ["ErrorDetail", "RequestError", "InferenceError", "detail", "field_path", "from_validation_error"]
+from models.serving import ErrorBody
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ErrorDetail",
+    "RequestError",
+    "InferenceError",
+    "Unavailable",
+    "Overloaded",
+    "ErrorReply",
+    "error_reply",
+    "detail",
+    "field_path",
+    "from_validation_error",
+]
 
 #: At most this many details are reported per request (the first ones, in row order).
 MAX_DETAILS = 20
@@ -57,6 +74,52 @@ class RequestError(ValueError):
 
 class InferenceError(RuntimeError):
     """The model failed or produced a non-finite prediction (a server-side fault, HTTP 500)."""
+
+
+class Unavailable(RuntimeError):
+    """No model is active yet (HTTP 503 ``no_model``)."""
+
+
+class Overloaded(RuntimeError):
+    """Too many requests are queued: answer 503 and let the client retry."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorReply:
+    """What every transport sends for one failure: the HTTP status (MQTT carries it in the payload),
+    the :class:`models.serving.ErrorBody`, HTTP headers, and the outcome label for the metrics."""
+
+    status: int
+    body: ErrorBody
+    outcome: str
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def http_json(self) -> dict[str, Any]:
+        """``{"error": {"code", "message", "details"}}``: the HTTP body."""
+        return {"error": self.body.model_dump()}
+
+
+def error_reply(exc: BaseException) -> ErrorReply:
+    """THE table from exception to status, code and message, shared by HTTP, MQTT and serial.
+
+    >>> r = error_reply(Unavailable("no model is active yet"))
+    >>> r.status, r.body.code, r.headers
+    (503, 'no_model', {'Retry-After': '5'})
+    >>> error_reply(RequestError([detail("instances[0].store_nbr", "known_store", "unknown store 9")])).body.details[0]["rule"]
+    'known_store'
+    """
+    if isinstance(exc, RequestError):
+        body = ErrorBody.model_construct(code=exc.code, message=exc.message, details=[dict(d) for d in exc.details])
+        return ErrorReply(exc.status, body, "invalid")
+    if isinstance(exc, Unavailable):
+        return ErrorReply(503, ErrorBody.model_construct(code="no_model", message=str(exc), details=[]), "unavailable", {"Retry-After": "5"})
+    if isinstance(exc, Overloaded):
+        return ErrorReply(503, ErrorBody.model_construct(code="overloaded", message=str(exc), details=[]), "unavailable", {"Retry-After": "1"})
+    if isinstance(exc, InferenceError):
+        logger.error("inference failed: %s", exc)
+        return ErrorReply(500, ErrorBody.model_construct(code="inference_failed", message=str(exc), details=[]), "error")
+    logger.error("request failed", exc_info=exc)
+    return ErrorReply(500, ErrorBody.model_construct(code="internal", message="internal error", details=[]), "error")
 
 
 def field_path(loc: Sequence[str | int]) -> str:

@@ -1,36 +1,49 @@
-"""HTTP serving: Starlette on uvicorn, in a background thread of the agent.
+"""HTTP serving: Starlette on uvicorn (httptools + uvloop where installed), in a background thread.
 
 Why Starlette + uvicorn: measured side by side on the same model and machine, Starlette + LiteRT
 answered one row in ≈0.26 ms p50 at ≈9,600 req/s (8 connections) in 58 MB RSS; FastAPI ≈0.37 ms /
 5,400 req/s / 74 MB; BentoML + ONNX Runtime ≈1.4 ms / 550 req/s / 240 MB; Flask + Keras ≈9.8 ms /
-70 req/s / 544 MB. On a Raspberry Pi the footprint matters as much as the speed.
+70 req/s / 544 MB. On a Raspberry Pi the footprint matters as much as the speed. uvicorn uses the
+``httptools`` parser and the ``uvloop`` loop when they are installed (the ``edge`` extra installs
+them where wheels exist: x86_64 and aarch64) and falls back to h11 and asyncio otherwise.
 
-Inference takes ≈10 µs, so the predictor is called right in the handler, on the event loop (a
-threadpool hop would cost more than the work); nothing slow ever runs there.
+Inference takes ≈10 µs, so a lone request is answered right in the handler, on the event loop (a
+threadpool hop would cost more than the work); nothing slow ever runs there (the bulk endpoint
+runs in a worker thread).
 
-Endpoints::
+Endpoints (the handlers are all here; :mod:`edge.serving.pipeline` does the work)::
 
     POST /v1/predict  {"instances": [{"date": "2017-08-16", "store_nbr": 1, "item_nbr": 103520,
                                       "onpromotion": false}]}
                       → 200 {"predictions": [4.2], "model": {"name", "version", "digest", "variant", "runtime"}}
                       → 4xx {"error": {"code": "invalid_request", "message", "details": [{"field", "rule", "message"}]}}
-                      → 503 {"error": {"code": "no_model", "message"}} while no model is active
-    POST /v1/predict:batch, POST /v1/sales   (added by edge.serving.pipeline: bulk rows with per-row errors;
-                      actual sales for the online lag state)
-    GET  /healthz     → {"status": "ok" | "no_model", "device_id", "model": {...} | null}
+                      → 503 {"error": {"code": "no_model", "message", "details": []}} while no model is active
+    POST /v1/predict:batch  up to ``batching.endpoint_max_rows`` rows (10,000), validated one by one;
+                      a bad row does not sink the rest:
+                      → 200 {"predictions": [4.2, null, …], "errors": [{"index": 1, "field":
+                             "instances[1].item_nbr", "rule": "known_item", "message": "…"}], "model": {…}}
+                      → 422 when no row is valid, 413 beyond the row limit, 400 for a body that is not JSON
+    POST /v1/sales    actual sales for the online lag state: 200 ``SalesAck`` or the error shape
+                      (only when the online state is on)
+    GET  /healthz     → {"status": "ok" | "no_model", "device_id", "model": {...} | null, "version": "0.1.0"}
     GET  /metrics     → Prometheus text format
+
+Every error body is :class:`models.serving.ErrorBody` under ``"error"``, mapped from the exception by
+:func:`edge.serving.errors.error_reply`, the same table MQTT uses. Other parts add their routes
+with ``create_app(..., routes=[...])`` (auth, catalogue, telemetry: see ``EXTRA ROUTES`` below).
 
 >>> from edge.serving.slot import ModelSlot
 >>> from edge.monitoring.metrics import AgentMetrics
 >>> from starlette.testclient import TestClient
 >>> app = create_app(ModelSlot(), AgentMetrics(process=False), device_id="store-1")
->>> TestClient(app).get("/healthz").json()
-{'status': 'no_model', 'device_id': 'store-1', 'model': None}
+>>> TestClient(app).get("/healthz").json()["status"]
+'no_model'
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import importlib.util
 import logging
 import socket
 import threading
@@ -41,115 +54,192 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from edge.serving.batching import Overloaded
-from edge.serving.errors import InferenceError, RequestError, detail
 from edge.monitoring.metrics import AgentMetrics
+from edge.serving.errors import ErrorReply, RequestError, Unavailable, detail, error_reply
+from edge.serving.pipeline import Serving
+from edge.serving.request import dumps, load_object
 from edge.serving.slot import ModelSlot
+from edge.version import software_version
 
-__all__ = ["create_app", "HttpServer"]
+__all__ = ["create_app", "HttpServer", "read_body", "json_response", "error_response", "fast_stack"]
 
 logger = logging.getLogger(__name__)
 
+_JSON = "application/json"
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    too_big = RequestError([detail("body", "max_body_bytes", f"is larger than {limit} bytes")], status=413)
+
+def fast_stack() -> tuple[str, str]:
+    """uvicorn's (http, loop) implementations: httptools and uvloop where installed, else h11 and asyncio."""
+    http = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    return http, loop
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes (RequestError 413 beyond, rule ``max_body_bytes``)."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
-        raise too_big
+        raise _too_big(limit)
     parts: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_big
+            raise _too_big(limit)
         parts.append(chunk)
-    return b"".join(parts)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _parse_json(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise RequestError([detail("body", "json", f"is not valid JSON: {exc}")], status=400) from None
-    if not isinstance(body, dict):
-        raise RequestError([detail("body", "object_type", 'must be a JSON object {"instances": [...]}')])
-    return body
+def _too_big(limit: int) -> RequestError:
+    return RequestError([detail("body", "max_body_bytes", f"is larger than {limit} bytes")], status=413)
 
 
-def _error(code: str, message: str, status: int, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers or None)
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response encoded with orjson (where installed)."""
+    return Response(dumps(content), status_code=status, headers=headers, media_type=_JSON)
+
+
+def error_response(reply: ErrorReply) -> Response:
+    """The HTTP form of an :class:`ErrorReply`: ``{"error": ErrorBody}`` with its status and headers."""
+    return json_response(reply.http_json(), reply.status, reply.headers or None)
+
+
+class _Observer:
+    """``AgentMetrics.observe_request`` with the label children bound once (the hot path)."""
+
+    def __init__(self, metrics: AgentMetrics, transport: str) -> None:
+        self.metrics = metrics
+        self.transport = transport
+        self.ok = metrics.requests.labels(transport, "ok")
+        self.duration = metrics.request_duration.labels(transport)
+        self.stages = {stage: metrics.stage_duration.labels(stage) for stage in ("validate", "encode", "infer")}
+
+    def ok_request(self, seconds: float, rows: int, timings: dict[str, float]) -> None:
+        self.ok.inc()
+        self.duration.observe(seconds)
+        self.metrics.predicted_rows.inc(rows)
+        stages = self.stages
+        for stage, value in timings.items():
+            child = stages.get(stage)
+            if child is None:
+                child = stages[stage] = self.metrics.stage_duration.labels(stage)
+            child.observe(value)
+
+    def failed(self, outcome: str, seconds: float, timings: dict[str, float], rows: int = 0) -> None:
+        self.metrics.observe_request(self.transport, outcome, seconds, rows=rows, timings=timings)
 
 
 def create_app(
-    slot: ModelSlot,
-    metrics: AgentMetrics,
+    serving: Serving | ModelSlot,
+    metrics: AgentMetrics | None = None,
     *,
     device_id: str,
-    max_body_bytes: int = 1 << 20,
+    max_body_bytes: int | None = None,
     routes: Sequence[BaseRoute] = (),
     health: Callable[[], dict[str, Any]] | None = None,
     auth: Any = None,
 ) -> Starlette:
-    """The agent's HTTP app, serving whatever predictor ``slot`` holds at each request.
+    """The agent's HTTP app over ``serving`` (an :class:`edge.serving.pipeline.Serving`; a bare
+    :class:`ModelSlot` is wrapped in :meth:`Serving.embedded`).
 
-    ``slot`` may be an :class:`edge.serving.pipeline.Serving` (same ``use()``/``current``): its predictors
-    offer ``predict_async``, awaited so concurrent requests batch. ``routes`` are added as they are
-    (``POST /v1/predict:batch``, ``POST /v1/sales`` from :meth:`edge.serving.pipeline.Serving.routes`)."""
+    EXTRA ROUTES: ``routes`` are mounted after the agent's own, as they are (auth middleware,
+    catalogue / explain / feedback, sensor telemetry: each part passes its list here)."""
+    if not isinstance(serving, Serving):
+        if metrics is None:
+            raise TypeError("create_app(slot, metrics, ...) needs the metrics")
+        serving = Serving.embedded(serving, metrics, max_body_bytes=max_body_bytes or (1 << 20))
+    metrics = metrics or serving.metrics
+    limit = max_body_bytes or serving.max_body_bytes
+    observe = _Observer(metrics, "http")
+    observe_serial = _Observer(metrics, "serial")  # the serial bridge calls on a device's behalf (firmware_bridge)
+
+    app_state: dict[str, Any] = {}
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        outcome, rows = "error", 0
+        inflight = app_state.get("inflight")  # set by HttpServer: uvicorn's running request tasks
+        alone = inflight is None or inflight() <= 1
+        obs = observe_serial if request.headers.get("x-edgeship-transport") == "serial" else observe
         try:
-            body = _parse_json(await _read_body(request, max_body_bytes))
-            with slot.use() as predictor:
-                if predictor is None:
-                    outcome = "unavailable"
-                    return _error("no_model", "no model is active yet", 503, **{"Retry-After": "5"})
-                predict_async = getattr(predictor, "predict_async", None)  # edge.serving.pipeline: batched
-                if predict_async is not None:
-                    predictions = await predict_async(body, timings=timings)
-                else:
-                    predictions = predictor.predict(body, timings=timings)  # type: ignore[attr-defined]
-                model = predictor.info.model_dump()  # type: ignore[attr-defined]
-            outcome, rows = "ok", len(predictions)
-            return JSONResponse({"predictions": predictions, "model": model})
-        except RequestError as exc:
-            outcome = "invalid"
-            return JSONResponse(exc.to_json(), status_code=exc.status)
-        except InferenceError as exc:
-            logger.error("inference failed: %s", exc)
-            return _error("inference_failed", str(exc), 500)
-        except Overloaded as exc:
-            outcome = "unavailable"
-            return _error("overloaded", str(exc), 503, **{"Retry-After": "1"})
-        except Exception:
-            logger.exception("predict failed")
-            return _error("internal", "internal error", 500)
+            raw = await read_body(request, limit)
+            answer = await serving.predict_async(raw, transport=obs.transport, timings=timings, alone=alone)
+        except Exception as exc:
+            reply = error_reply(exc)
+            obs.failed(reply.outcome, time.perf_counter() - started, timings)
+            return error_response(reply)
+        body = dumps({"predictions": answer.predictions, "model": answer.model_dict})
+        obs.ok_request(time.perf_counter() - started, len(answer.predictions), timings)
+        return Response(body, media_type=_JSON)
+
+    async def predict_batch(request: Request) -> Response:
+        started = time.perf_counter()
+        outcome, rows_ok, timings = "error", 0, {}
+        try:
+            body = load_object(await read_body(request, limit))
+            rows = body.get("instances")
+            unknown = sorted(set(body) - {"instances", "correlation_id"})
+            if unknown:
+                raise RequestError([detail(k, "extra_field", "is not a field of the contract") for k in unknown])
+            if not isinstance(rows, list) or not rows:
+                raise RequestError([detail("instances", "list_type", "must be a non-empty list of rows")])
+            most = serving.batching.endpoint_max_rows
+            if len(rows) > most:
+                raise RequestError(
+                    [detail("instances", "max_rows", f"has {len(rows)} rows, at most {most} are allowed")], status=413
+                )
+            with serving.use() as live:
+                if live is None:
+                    raise Unavailable("no model is active yet")
+                predictions, errors = await asyncio.to_thread(serving.predict_rows, live, rows, timings)
+                model = live.info_dict
+            rows_ok = sum(p is not None for p in predictions)
+            if not rows_ok:
+                details = [{k: e[k] for k in ("field", "rule", "message")} for e in errors]
+                raise RequestError(details)  # type: ignore[arg-type]
+            outcome = "ok"
+            return json_response({"predictions": predictions, "errors": errors, "model": model})
+        except Exception as exc:
+            reply = error_reply(exc)
+            outcome = reply.outcome
+            return error_response(reply)
         finally:
-            metrics.observe_request("http", outcome, time.perf_counter() - started, rows=rows, timings=timings)
+            metrics.observe_request("http", outcome, time.perf_counter() - started, rows=rows_ok, timings=timings)
+
+    async def sales(request: Request) -> Response:
+        try:
+            body = load_object(await read_body(request, limit), "sales")
+            ack = serving.report_sales(body, transport="http")
+            return json_response(ack.model_dump(mode="json"))
+        except Exception as exc:
+            return error_response(error_reply(exc))
 
     async def healthz(_request: Request) -> Response:
-        current = slot.current
-        model = current.info.model_dump() if current is not None else None  # type: ignore[attr-defined]
+        current = serving.current
+        model = current.info_dict if current is not None else None
         extra = health() if health is not None else {}  # e.g. {"mqtt": {...}, "trust": {...}} from the agent
-        return JSONResponse({"status": "ok" if model else "no_model", "device_id": device_id, "model": model, **extra})
+        return json_response(
+            {"status": "ok" if model else "no_model", "device_id": device_id, "model": model, "version": software_version(),
+             **extra}
+        )
 
     async def prometheus(_request: Request) -> Response:
         body, content_type = metrics.exposition()
         return Response(body, headers={"Content-Type": content_type})
 
-    app = Starlette(
-        routes=[
-            Route("/v1/predict", predict, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", prometheus, methods=["GET"]),
-            *routes,
-        ]
-    )
+    own: list[BaseRoute] = [
+        Route("/v1/predict", predict, methods=["POST"]),
+        Route("/v1/predict:batch", predict_batch, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+    ]
+    if serving.online is not None:
+        own.append(Route("/v1/sales", sales, methods=["POST"]))
+    app = Starlette(routes=[*own, *routes])  # EXTRA ROUTES mounted here
+    app.state.serving = app_state  # HttpServer puts "inflight" here
     if auth is not None:  # edge.serving.auth: bearer token for writes, JSON content type, optional for reads
         from edge.serving.auth import install
 
@@ -198,8 +288,11 @@ class HttpServer:
             raise RuntimeError("HTTP server already started")
         self._sock = self._bind()
         self.port = self._sock.getsockname()[1]
+        http, loop = fast_stack()
         config = uvicorn.Config(
             self.app,
+            http=http,
+            loop=loop,
             log_config=None,
             access_log=False,
             lifespan="off",
@@ -207,6 +300,10 @@ class HttpServer:
             timeout_graceful_shutdown=2,
         )
         self._server = uvicorn.Server(config)
+        holder = getattr(getattr(self.app, "state", None), "serving", None)
+        if isinstance(holder, dict):  # batching only when requests overlap: uvicorn knows how many run
+            tasks = self._server.server_state.tasks
+            holder["inflight"] = tasks.__len__
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, name="edgeship-http", daemon=True
         )
@@ -217,7 +314,7 @@ class HttpServer:
                 self.stop()
                 raise RuntimeError(f"HTTP server on {self.host}:{self.port} did not start")
             time.sleep(0.005)
-        logger.info("serving HTTP", extra={"url": self.url})
+        logger.info("serving HTTP", extra={"url": self.url, "http": http, "loop": loop})
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, let in-flight requests finish (up to 2 s), join the thread. Idempotent."""

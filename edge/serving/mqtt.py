@@ -35,12 +35,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
-from edge.serving.batching import Overloaded
-from edge.serving.errors import InferenceError, RequestError, detail
-from edge.serving.pipeline import Serving, Unavailable
+from edge.serving.errors import ErrorReply, RequestError, detail, error_reply
+from edge.serving.pipeline import Serving
+from edge.serving.request import dumps, load_object
 from edge.serving.shadow import CandidateSettings
 from models import topics
-from models.serving import CandidateCommand, ErrorBody, ErrorResponse, PredictResponse
+from models.serving import CandidateCommand
 from models.targets import TargetsError
 
 __all__ = ["MqttServing"]
@@ -104,13 +104,7 @@ class MqttServing:
             raise RequestError(
                 [detail("body", "max_body_bytes", f"is larger than {self.max_payload_bytes} bytes")], status=413
             )
-        try:
-            body = json.loads(payload)
-        except ValueError as exc:
-            raise RequestError([detail("body", "json", f"is not valid JSON: {exc}")], status=400) from None
-        if not isinstance(body, dict):
-            raise RequestError([detail("body", "object_type", "must be a JSON object")])
-        return body
+        return load_object(payload, None)
 
     @staticmethod
     def _check_expiry(body: dict[str, Any]) -> None:
@@ -129,57 +123,48 @@ class MqttServing:
         if when < dt.datetime.now(dt.timezone.utc):
             raise RequestError([detail("expires_at", "expired", f"{raw} has passed")], status=408, code="expired")
 
-    def _publish(self, topic: str, message: Any) -> None:
+    def _publish(self, topic: str, payload: bytes | str) -> None:
         try:
-            self.link.client.publish(topic, message.model_dump_json(), qos=1)
+            self.link.client.publish(topic, payload, qos=1)
         except Exception:  # a response that cannot be sent must not break the caller
             logger.exception("could not publish response on %s", topic)
 
-    def _error(self, topic: str, cid: str | None, status: int, code: str, message: str, details: list | None = None) -> None:
-        body = ErrorBody(code=code, message=message, details=[dict(d) for d in (details or [])])
-        self._publish(topic, ErrorResponse(correlation_id=cid, status=status, error=body))
+    def _error(self, topic: str, cid: str | None, reply: ErrorReply) -> None:
+        """The MQTT form of an :class:`ErrorReply` (:class:`models.serving.ErrorResponse`, field order kept)."""
+        body = {"schema_version": 1, "correlation_id": cid, "status": reply.status, "error": reply.body.model_dump()}
+        self._publish(topic, dumps(body))
 
     # -- predict ----------------------------------------------------------------------------
     def _on_predict(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         cid: str | None = None
-        outcome = "error"
         try:
             body = self._parse(msg.payload)
             cid = _correlation_id(body)
             self._check_expiry(body)
             future = self.serving.submit(body, transport="mqtt", timings=timings, correlation_id=cid)
-        except RequestError as exc:
-            outcome = "invalid"
-            self._error(self._response_predict, cid, exc.status, exc.code, exc.message, exc.details)
-        except (Unavailable, Overloaded) as exc:
-            outcome = "unavailable"
-            self._error(self._response_predict, cid, 503, "no_model" if isinstance(exc, Unavailable) else "overloaded", str(exc))
-        except Exception:
-            logger.exception("MQTT predict failed")
-            self._error(self._response_predict, cid, 500, "internal", "internal error")
-        else:
-            future.add_done_callback(lambda f: self._answer(f, cid, started, timings))
+        except Exception as exc:
+            reply = error_reply(exc)
+            self.metrics.observe_request("mqtt", reply.outcome, time.perf_counter() - started, timings=timings)
+            self._error(self._response_predict, cid, reply)
             return
-        self.metrics.observe_request("mqtt", outcome, time.perf_counter() - started, timings=timings)
+        future.add_done_callback(lambda f: self._answer(f, cid, started, timings))
 
     def _answer(self, future: Any, cid: str | None, started: float, timings: dict[str, float]) -> None:
-        outcome, rows = "error", 0
+        """Record the request, then publish (a client reading the metrics after its response sees it)."""
         try:
             answer = future.result()
-            self._publish(
-                self._response_predict,
-                PredictResponse(correlation_id=cid, predictions=answer.predictions, model=answer.model),
-            )
-            outcome, rows = "ok", len(answer.predictions)
-        except InferenceError as exc:
-            self._error(self._response_predict, cid, 500, "inference_failed", str(exc))
-        except Exception:
-            logger.exception("MQTT predict failed")
-            self._error(self._response_predict, cid, 500, "internal", "internal error")
-        finally:
-            self.metrics.observe_request("mqtt", outcome, time.perf_counter() - started, rows=rows, timings=timings)
+        except Exception as exc:
+            reply = error_reply(exc)
+            self.metrics.observe_request("mqtt", reply.outcome, time.perf_counter() - started, timings=timings)
+            self._error(self._response_predict, cid, reply)
+            return
+        payload = dumps(
+            {"schema_version": 1, "correlation_id": cid, "predictions": answer.predictions, "model": answer.model_dict}
+        )
+        self.metrics.observe_request("mqtt", "ok", time.perf_counter() - started, rows=len(answer.predictions), timings=timings)
+        self._publish(self._response_predict, payload)
 
     # -- sales ------------------------------------------------------------------------------
     def _on_sales(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -189,14 +174,9 @@ class MqttServing:
             cid = _correlation_id(body)
             self._check_expiry(body)
             ack = self.serving.report_sales(body, transport="mqtt")
-            self._publish(self._response_sales, ack)
-        except RequestError as exc:
-            self._error(self._response_sales, cid, exc.status, exc.code, exc.message, exc.details)
-        except Unavailable as exc:
-            self._error(self._response_sales, cid, 503, "no_model", str(exc))
-        except Exception:
-            logger.exception("MQTT sales report failed")
-            self._error(self._response_sales, cid, 500, "internal", "internal error")
+            self._publish(self._response_sales, ack.model_dump_json())
+        except Exception as exc:
+            self._error(self._response_sales, cid, error_reply(exc))
 
     # -- commands ---------------------------------------------------------------------------
     def _on_set(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:

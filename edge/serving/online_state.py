@@ -9,21 +9,23 @@ is harmless)::
     {"sales": [{"date": "2017-08-16", "store_nbr": 1, "item_nbr": 103520, "unit_sales": 7}]}
 
 The agent keeps a *record* of what it was told (values and a "reported" mask over a 56-day window
-ending on the newest reported day) and serves each model a *view* merging it with that model's
-bundle state, day by day: a reported value wins; else the bundle's value for days up to its end;
-else 0 (a day without reported sales sold nothing, as in train.csv). The view's end is the later
-of the two ends, so lag features advance, the window shifts and missing days are zero-filled;
-prediction dates are then accepted up to ``horizon_days`` after the view's end. A new bundle is
-re-based the same way (:meth:`OnlineState.adopt`): its state wins for its days unless the shop
+per pair) and serves each model a *view* merging it with that model's bundle state, day by day: a
+reported value wins; else the bundle's value for days up to its end; else 0. Windows advance **per
+store**: a store's windows end on the later of the bundle's end and the newest day that store
+reported (a store reporting a day reports all it sold, so its unreported items sold nothing that
+day, as in train.csv), while a store that reported nothing keeps the bundle's window — a partial
+report never pulls other stores toward zero. Prediction dates are accepted up to ``horizon_days``
+after the row's own store's window end (:meth:`models.features.SalesState.row_end`). A new bundle
+is re-based the same way (:meth:`OnlineState.adopt`): its state wins for its days unless the shop
 reported a value for that day, and newer reported days carry over.
 
 The record is written atomically (temp file, fsync, rename) to ``<state>/online/sales_state.npz``
 at most every ``flush_interval_s`` and on stop, and restored on start.
 
 Rules a report must keep (all or nothing, 4xx naming ``sales[i].<field>``): schema (``required``,
-``date_format``, ``finite``…), ``known_store``, ``known_item``, ``window`` (not older than the lag
-window), ``date_advance`` (at most ``max_advance_days`` after the last known day), ``future`` (at most
-``max_future_days`` after the device's own date: no report can block the days ahead), ``duplicate``
+``date_format``, ``finite``…), ``known_store``, ``known_item``, ``window`` (not older than the store's lag
+window), ``date_advance`` (at most ``max_advance_days`` after the store's last known day), ``future`` (at
+most ``max_future_days`` after the device's own date: no report can block the days ahead), ``duplicate``
 (one value per store×item×day per report), ``max_rows`` (413).
 """
 
@@ -86,68 +88,100 @@ def _split(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class SalesRecord:
-    """What the device was told: log1p sales and a reported mask, [pairs, 56] ending on ``end_date``."""
+    """What the device was told: log1p sales and a reported mask per pair, [pairs, 56].
+
+    Each pair's window ends on its *store's* newest reported day (``ends``): a store that reports a
+    day reports everything it sold that day, so its other items sold nothing then; a store that did
+    not report keeps its window where it was (partial reports never pull other stores toward zero).
+    ``end_date`` is the newest of ``ends``.
+    """
 
     keys: np.ndarray  # int64 [P], sorted store<<32 | item
     window: np.ndarray  # float32 [P, W]
     reported: np.ndarray  # bool [P, W]
-    end_date: np.datetime64
+    ends: np.ndarray  # M8[D] [P], last day of each pair's window (equal within a store)
+
+    @property
+    def end_date(self) -> np.datetime64:
+        return self.ends.max() if len(self.ends) else np.datetime64("NaT", "D")
 
     @classmethod
-    def empty(cls, end_date: np.datetime64) -> SalesRecord:
-        return cls(np.zeros(0, np.int64), np.zeros((0, W), np.float32), np.zeros((0, W), bool), end_date)
+    def empty(cls, end_date: np.datetime64 | None = None) -> SalesRecord:
+        return cls(np.zeros(0, np.int64), np.zeros((0, W), np.float32), np.zeros((0, W), bool), np.zeros(0, "M8[D]"))
 
-    def shifted(self, end: np.datetime64) -> SalesRecord:
-        """The same record on a window ending ``end`` (≥ its end): older days drop, new days unreported."""
-        k = int((end - self.end_date) / _DAY)
-        if k <= 0:
-            return self
-        window = np.zeros_like(self.window)
-        reported = np.zeros_like(self.reported)
-        if k < W:
-            window[:, : W - k] = self.window[:, k:]
-            reported[:, : W - k] = self.reported[:, k:]
-        return SalesRecord(self.keys, window, reported, end)
+    def store_ends(self, stores: np.ndarray) -> np.ndarray:
+        """Each store's newest reported day (NaT where the store never reported)."""
+        out = np.full(len(stores), np.datetime64("NaT"), "M8[D]")
+        if not len(self.keys):
+            return out
+        s, _ = _split(self.keys)
+        uniq, first = np.unique(s, return_index=True)
+        pos = np.minimum(np.searchsorted(uniq, stores), len(uniq) - 1)
+        hit = uniq[pos] == stores
+        out[hit] = self.ends[first[pos[hit]]]
+        return out
 
-    def with_pairs(self, keys: np.ndarray) -> tuple[SalesRecord, np.ndarray]:
-        """The record with ``keys`` added (if new), and each key's row."""
+    def advanced(self, store_end: dict[int, np.datetime64], keys: np.ndarray) -> tuple[SalesRecord, np.ndarray]:
+        """The record with ``keys`` added and the pairs of each store in ``store_end`` shifted to end on
+        that day (never earlier than they did: older days drop, new days unreported); each key's row."""
         union = np.union1d(self.keys, keys)
-        if len(union) != len(self.keys):
-            rows = np.searchsorted(union, self.keys)
-            window = np.zeros((len(union), W), np.float32)
-            reported = np.zeros((len(union), W), bool)
-            window[rows], reported[rows] = self.window, self.reported
-            rec = SalesRecord(union, window, reported, self.end_date)
-        else:
-            rec = SalesRecord(self.keys, self.window.copy(), self.reported.copy(), self.end_date)
-        return rec, np.searchsorted(rec.keys, keys)
+        rows = np.searchsorted(union, self.keys)
+        window = np.zeros((len(union), W), np.float32)
+        reported = np.zeros((len(union), W), bool)
+        old_end = np.full(len(union), np.datetime64("NaT"), "M8[D]")
+        window[rows], reported[rows], old_end[rows] = self.window, self.reported, self.ends
+        stores, _ = _split(union)
+        new_end = old_end.copy()
+        for s, e in store_end.items():
+            at = stores == s
+            new_end[at] = np.where(np.isnat(old_end[at]) | (old_end[at] < e), e, old_end[at])
+        k = np.where(np.isnat(old_end), 0, (new_end - old_end) / _DAY).astype(np.int64)
+        window, reported = _shift_rows(window, k), _shift_rows(reported, k)
+        return SalesRecord(union, window, reported, new_end), np.searchsorted(union, keys)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         np.savez_compressed(
-            buf, keys=self.keys, window=self.window, reported=self.reported, end_date=np.array(str(self.end_date))
+            buf, keys=self.keys, window=self.window, reported=self.reported, ends=self.ends.astype("M8[D]").astype(np.int64)
         )
         return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SalesRecord:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            rec = cls(
-                keys=z["keys"].astype(np.int64),
-                window=z["window"].astype(np.float32),
-                reported=z["reported"].astype(bool),
-                end_date=np.datetime64(str(z["end_date"]), "D"),
-            )
+            keys = z["keys"].astype(np.int64)
+            if "ends" in z.files:
+                ends = z["ends"].astype(np.int64).astype("M8[D]")
+            else:  # written before per-store ends: one end for all pairs
+                ends = np.full(len(keys), np.datetime64(str(z["end_date"]), "D"))
+            rec = cls(keys=keys, window=z["window"].astype(np.float32), reported=z["reported"].astype(bool), ends=ends)
         p = len(rec.keys)
-        if rec.window.shape != (p, W) or rec.reported.shape != (p, W) or np.any(np.diff(rec.keys) <= 0):
+        if (
+            rec.window.shape != (p, W)
+            or rec.reported.shape != (p, W)
+            or rec.ends.shape != (p,)
+            or np.any(np.diff(rec.keys) <= 0)
+        ):
             raise ValueError("sales record arrays are inconsistent")
         return rec
+
+
+def _shift_rows(a: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Row ``p`` moved ``k[p]`` ≥ 0 columns to the left (newest column last); vacated columns are 0/False."""
+    if not len(a) or not np.any(k):
+        return a
+    cols = np.arange(W)[None, :] + k[:, None]
+    inside = cols < W
+    out = np.take_along_axis(a, np.minimum(cols, W - 1), axis=1)
+    return np.where(inside, out, np.zeros((), a.dtype))
 
 
 def merge_state(bundle: SalesState, record: SalesRecord | None, tables: Tables | None = None) -> SalesState:
     """A model's view: per pair and day, the reported value, else the bundle's (up to its end), else 0.
 
-    Pairs are the bundle's plus reported ones whose store and item ``tables`` know.
+    Pairs are the bundle's plus reported ones whose store and item ``tables`` know. Each pair's window
+    ends on the later of the bundle's end and its store's newest reported day, so a store that did not
+    report keeps the bundle's window (and its horizon) however far the others moved.
 
     >>> from tests.bundle_kit import sample_state
     >>> b = sample_state()
@@ -157,7 +191,6 @@ def merge_state(bundle: SalesState, record: SalesRecord | None, tables: Tables |
     if record is None or not len(record.keys):
         return bundle
     eb = np.datetime64(bundle.end_date, "D")
-    end = max(eb, record.end_date)
     rec_keys = record.keys
     known = np.ones(len(rec_keys), bool)
     if tables is not None:
@@ -165,17 +198,25 @@ def merge_state(bundle: SalesState, record: SalesRecord | None, tables: Tables |
         known = (tables.store_index(s) >= 0) & (tables.item_index(i) >= 0)
     b_keys = _keys(bundle.store_nbr, bundle.item_nbr)
     union = np.union1d(b_keys, rec_keys[known])
-    window = np.zeros((len(union), W), np.float32)
-    kb = int((end - eb) / _DAY)
-    if kb < W:
-        window[np.searchsorted(union, b_keys), : W - kb] = bundle.window[:, kb:]
-    kr = int((end - record.end_date) / _DAY)
-    if kr < W and known.any():
-        rows = np.searchsorted(union, rec_keys[known])
-        vals, rep = record.window[known, kr:], record.reported[known, kr:]
-        window[rows, : W - kr] = np.where(rep, vals, window[rows, : W - kr])
     store, item = _split(union)
-    return SalesState(store_nbr=store, item_nbr=item, window=window, end_date=end)
+    rec_store_end = record.store_ends(store)
+    end = np.where(np.isnat(rec_store_end) | (rec_store_end < eb), eb, rec_store_end)
+    window = np.zeros((len(union), W), np.float32)
+    b_end = np.full(len(union), eb) if bundle.pair_end is None else None
+    if b_end is None:  # a view being re-merged: bundles themselves never carry per-pair ends
+        b_end = np.full(len(union), eb)
+        b_end[np.searchsorted(union, b_keys)] = np.asarray(bundle.pair_end, "M8[D]")
+        end = np.maximum(end, b_end)
+    window[np.searchsorted(union, b_keys)] = bundle.window
+    window = _shift_rows(window, ((end - b_end) / _DAY).astype(np.int64))
+    if known.any():
+        rows = np.searchsorted(union, rec_keys[known])
+        k = ((end[rows] - record.ends[known]) / _DAY).astype(np.int64)
+        vals, rep = _shift_rows(record.window[known], k), _shift_rows(record.reported[known], k)
+        window[rows] = np.where(rep, vals, window[rows])
+    newest = end.max()
+    pair_end = None if np.all(end == newest) else end
+    return SalesState(store_nbr=store, item_nbr=item, window=window, end_date=newest, pair_end=pair_end)
 
 
 class _Metrics:
@@ -267,9 +308,10 @@ class OnlineState:
         try:
             report = self._validate(body, live)
             with self._lock:
-                state = live.sales_state
-                rows = self._check(report, live.tables, np.datetime64(state.end_date, "D"))
-                self._apply_rows(*rows)
+                base = getattr(live, "bundle_state", None) or live.sales_state
+                eb = np.datetime64(base.end_date, "D")
+                rows = self._check(report, live.tables, eb)
+                self._apply_rows(*rows, eb)
                 for p in list(self._attached):
                     self._view(p)
                 view = live.sales_state
@@ -316,13 +358,16 @@ class OnlineState:
         return report
 
     def _check(
-        self, report: SalesReport, tables: Tables, end: np.datetime64
+        self, report: SalesReport, tables: Tables, bundle_end: np.datetime64
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = report.sales
         dates = np.array([r.date for r in rows], "M8[D]")
         store = np.array([r.store_nbr for r in rows], np.int64)
         item = np.array([r.item_nbr for r in rows], np.int64)
         sales = np.array([r.unit_sales for r in rows], np.float64)
+        # each row against its own store's window: the later of the bundle's end and the store's reports
+        known = self._record.store_ends(store) if self._record is not None else np.full(len(rows), np.datetime64("NaT"), "M8[D]")
+        end = np.where(np.isnat(known) | (known < bundle_end), bundle_end, known)
         first = end - (W - 1) * _DAY
         last = end + self.config.max_advance_days * _DAY
         latest = self.today() + self.config.max_future_days * _DAY  # never past the device's clock
@@ -338,9 +383,9 @@ class OnlineState:
                 problems.append(detail(f"{f}.store_nbr", "known_store", f"unknown store {store[r]}"))
             if not i_ok[r]:
                 problems.append(detail(f"{f}.item_nbr", "known_item", f"unknown item {item[r]}"))
-            if dates[r] < first:
+            if dates[r] < first[r]:
                 problems.append(
-                    detail(f"{f}.date", "window", f"{dates[r]} is before the lag window, which starts {first}")
+                    detail(f"{f}.date", "window", f"{dates[r]} is before the lag window, which starts {first[r]}")
                 )
             elif dates[r] > latest:
                 problems.append(
@@ -352,7 +397,7 @@ class OnlineState:
                     detail(
                         f"{f}.date",
                         "date_advance",
-                        f"{dates[r]} is more than {self.config.max_advance_days} days after the last known day {end}",
+                        f"{dates[r]} is more than {self.config.max_advance_days} days after the last known day {end[r]}",
                     )
                 )
             key = (int(keys[r]), int(dates[r].astype(np.int64)))
@@ -366,14 +411,14 @@ class OnlineState:
             raise RequestError(problems)
         return keys, dates, target_transform(sales)
 
-    def _apply_rows(self, keys: np.ndarray, dates: np.ndarray, values: np.ndarray) -> None:
-        newest = dates.max()
-        rec = self._record
-        if rec is None:
-            rec = SalesRecord.empty(newest)
-        rec = rec.shifted(max(rec.end_date, newest))
-        rec, rows = rec.with_pairs(keys)
-        cols = (W - 1) - ((rec.end_date - dates) / _DAY).astype(np.int64)
+    def _apply_rows(self, keys: np.ndarray, dates: np.ndarray, values: np.ndarray, bundle_end: np.datetime64) -> None:
+        rec = self._record if self._record is not None else SalesRecord.empty()
+        stores, _ = _split(keys)
+        store_end: dict[int, np.datetime64] = {}
+        for s in np.unique(stores).tolist():
+            store_end[s] = max(dates[stores == s].max(), bundle_end)  # the store's window never ends before the bundle's
+        rec, rows = rec.advanced(store_end, keys)
+        cols = (W - 1) - ((rec.ends[rows] - dates) / _DAY).astype(np.int64)
         inside = cols >= 0
         rec.window[rows[inside], cols[inside]] = values[inside]
         rec.reported[rows[inside], cols[inside]] = True

@@ -1,34 +1,25 @@
-"""The prediction path every transport shares: validate → (A/B) → micro-batch → answer → record.
+"""The prediction path every transport shares: parse → validate → (A/B) → infer → answer → record.
 
 HTTP (:mod:`edge.serving.http`), MQTT (:mod:`edge.serving.mqtt`) and the serial bridge all go through one
 :class:`Serving`, so they validate alike, batch together, and feed the same metrics, drift
 monitor, prediction log, shadow comparison and A/B split::
 
-    serving = Serving.for_agent(agent)          # the agent does this
-    future = serving.submit(body, transport="mqtt")          # RequestError / Unavailable / Overloaded now,
-    answer = future.result()                                  # Answer(predictions, model, arm) later
-    serving.predict(body, transport="serial")                 # the same, blocking
+    serving = Serving.for_agent(agent)                          # the agent does this
+    future = serving.submit(body, transport="mqtt")             # RequestError / Unavailable / Overloaded now,
+    answer = future.result()                                    # Answer(predictions, model, arm) later
+    answer = await serving.predict_async(raw_bytes)             # HTTP, on the event loop
+    serving.predict(body, transport="serial")                   # the same, blocking
     serving.report_sales({"sales": [...]}, transport="serial")  # online lag state (edge.serving.online_state)
 
-Each request is validated on the caller's thread against the live model (errors are its own, in
-the HTTP error shape). A/B may route it to the candidate. Its rows then join a micro-batch
-(:mod:`edge.serving.batching`) that one worker encodes and infers in one call; the stage histograms record
-``validate`` per request and ``encode``/``infer`` per batch. The served rows' model inputs feed the
-drift monitor (:mod:`edge.monitoring.drift`); after the answer is handed back, a sampled share is logged
-(:mod:`edge.monitoring.predlog`) and, in shadow mode, mirrored to the candidate (:mod:`edge.serving.shadow`).
-
-HTTP endpoints it adds (:meth:`Serving.routes`):
-
-- ``POST /v1/predict:batch`` — the bulk endpoint a shop's nightly job wants: up to
-  ``batching.endpoint_max_rows`` rows (10,000) in one body, beyond the per-request ``max_batch``;
-  rows are validated one by one and a bad row does not sink the rest::
-
-      → 200 {"predictions": [4.2, null, …], "errors": [{"index": 1, "field": "instances[1].item_nbr",
-             "rule": "known_item", "message": "…"}], "model": {…}}
-      → 422 when no row is valid, 413 beyond the row limit, 400 for a body that is not JSON
-
-  ``POST /v1/predict`` stays the low-latency endpoint (≤ ``max_batch`` rows, all or nothing).
-- ``POST /v1/sales`` — actual sales for the online lag state: 200 ``SalesAck`` or the error shape.
+One path: a request is parsed once (:mod:`edge.serving.request`), checked and encoded once against
+the live model's caches (:meth:`edge.serving.predictor.Predictor.prepare`), and inferred alone when
+nothing else is in flight, or in a micro-batch with requests that overlap it
+(:mod:`edge.serving.batching`). A/B may route it to the candidate; the :class:`Answer` says which
+model and arm answered. Arm metrics are recorded before the answer is handed back; after it, a
+sampled share is logged (:mod:`edge.monitoring.predlog`) and, in shadow mode, mirrored to the
+candidate (:mod:`edge.serving.shadow`). Failures map to status and error body through one table,
+:func:`edge.serving.errors.error_reply`. The HTTP handlers live in :mod:`edge.serving.http`, the MQTT
+ones in :mod:`edge.serving.mqtt`.
 """
 
 from __future__ import annotations
@@ -36,46 +27,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
 
-from edge.serving.batching import BatchingConfig, BatchMetrics, MicroBatcher, Overloaded
+from edge.serving.batching import BatchingConfig, BatchMetrics, MicroBatcher
 from edge.monitoring.drift import DriftCollector, DriftConfig, DriftMonitor
-from edge.serving.errors import ErrorDetail, InferenceError, RequestError, detail
+from edge.serving.errors import ErrorDetail, Overloaded, RequestError, Unavailable, detail
+from edge.serving.predictor import units_list
+from models.features import Encoded
 from edge.serving.online_state import OnlineState, OnlineStateConfig
 from edge.monitoring.predlog import PredictionLog, PredLogConfig
+from edge.monitoring.realised import RealisedAccuracy
 from edge.serving.shadow import Candidate, CandidateConfig, CandidateSettings
 from models.contract import PredictRequest, RequestRow
 from models.messages import ActiveModel
 from models.serving import SalesAck
 
-__all__ = ["Serving", "Answer", "Unavailable"]
+__all__ = ["Serving", "Answer", "Unavailable", "Overloaded"]
 
 logger = logging.getLogger(__name__)
 
 _ROW = TypeAdapter(RequestRow)
 
 
-class Unavailable(RuntimeError):
-    """No model is active yet (HTTP 503 ``no_model``)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Answer:
+    """A request's predictions and which model and arm answered (never a mutated shared object)."""
+
     predictions: list[float]
     model: ActiveModel
     arm: str = "live"
+    model_dict: dict[str, Any] | None = None  # ``model`` as JSON-ready dict (cached per predictor)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,50 +73,27 @@ class _Job:
     observe: bool  # feed the drift monitor with these rows
 
 
-@dataclasses.dataclass
 class _Pending:
-    """One request between validation and its answer."""
+    """One request between validation and its answer: the leases it holds and what to record."""
 
-    stack: contextlib.ExitStack
-    mirror: tuple[Any, contextlib.ExitStack, CandidateSettings] | None
-    target: Any
-    arm: str
-    prep: Any
-    cid: str | None
-    transport: str
-    started: float
-    recorded: bool
-    job: _Job
-    elapsed: float = 0.0
+    __slots__ = ("leases", "mirror", "target", "arm", "prep", "cid", "transport", "started", "recorded", "job", "elapsed")
+
+    def __init__(self, leases: list[tuple[Any, object]], mirror: Any, target: Any, arm: str, prep: Any, cid: str | None,
+                 transport: str, recorded: bool, job: _Job) -> None:  # fmt: skip
+        self.leases, self.mirror, self.target, self.arm, self.prep = leases, mirror, target, arm, prep
+        self.cid, self.transport, self.recorded, self.job = cid, transport, recorded, job
+        self.started = time.perf_counter()
+        self.elapsed = 0.0
 
     def release(self) -> None:
-        self.stack.close()
+        leases, self.leases = self.leases, []
+        for slot, token in leases:
+            slot.release(token)
+
+    def release_mirror(self) -> None:
         if self.mirror is not None:
-            self.mirror[1].close()
-
-
-class _Call:
-    """What ``Serving.use()`` yields to :mod:`edge.serving.http`: the live predictor, predicting through the pipeline."""
-
-    __slots__ = ("_serving", "_live", "info")
-
-    def __init__(self, serving: Serving, live: Any) -> None:
-        self._serving = serving
-        self._live = live
-        self.info = live.info  # the model that answered, once predict returned (A/B may pick the candidate)
-
-    def predict(self, body: Any, *, timings: dict[str, float] | None = None) -> list[float]:
-        answer = self._serving.submit(body, transport="http", timings=timings, live=self._live).result()
-        self.info = answer.model
-        return answer.predictions
-
-    async def predict_async(self, body: Any, *, timings: dict[str, float] | None = None) -> list[float]:
-        answer = await self._serving.predict_async(body, transport="http", timings=timings, live=self._live)
-        self.info = answer.model
-        return answer.predictions
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._live, name)
+            mirror, self.mirror = self.mirror, None
+            mirror[0].release(mirror[1])
 
 
 class Serving:
@@ -137,7 +103,7 @@ class Serving:
         self,
         slot: Any,
         metrics: Any,
-        state_dir: str | Path,
+        state_dir: str | Path | None = None,
         *,
         batching: BatchingConfig | None = None,
         candidate: CandidateConfig | None = None,
@@ -162,13 +128,34 @@ class Serving:
         self._shadow_batcher: MicroBatcher[Any, _Job] | None = None
         self.candidate = Candidate(registry)
         online_state = online_state or OnlineStateConfig()
-        state_dir = Path(state_dir)
-        self.online = OnlineState(state_dir / "online" / "sales_state.npz", online_state, registry) if online_state.enabled else None
-        self.predlog = PredictionLog(state_dir / "predlog", predlog or PredLogConfig(), registry)
+        if state_dir is None:  # embedded (no agent): nothing kept on disk
+            online_state, predlog = OnlineStateConfig(enabled=False), PredLogConfig(sample_rate=0.0)
+        folder = Path(state_dir) if state_dir is not None else Path(".")
+        self.online = OnlineState(folder / "online" / "sales_state.npz", online_state, registry) if online_state.enabled else None
+        self.predlog = PredictionLog(folder / "predlog", predlog or PredLogConfig(), registry)
+        self._logging = self.predlog.enabled
+        self._stage_infer = metrics.stage_duration.labels("infer")
+        # realised accuracy: reported sales joined to logged forecasts (edge.monitoring.realised)
+        self.realised = RealisedAccuracy(
+            folder / "predlog", folder / "realised.json", registry, perishable=self._perishable, offline=self._offline
+        )
         self._drift: DriftMonitor | None = None
         self._drift_owner: Any = None
         if self.drift_config.enabled:
             DriftCollector(lambda: self._drift, registry)
+
+    @classmethod
+    def embedded(cls, slot: Any, metrics: Any, *, max_body_bytes: int = 1 << 20) -> Serving:
+        """The bare path over a :class:`edge.serving.slot.ModelSlot`: no batching, candidate, online
+        state, drift or prediction log (what :func:`edge.serving.http.create_app` wraps a slot in)."""
+        return cls(
+            slot,
+            metrics,
+            None,
+            batching=BatchingConfig(enabled=False),
+            drift=DriftConfig(enabled=False),
+            max_body_bytes=max_body_bytes,
+        )
 
     @classmethod
     def for_agent(cls, agent: Any) -> Serving:
@@ -240,15 +227,17 @@ class Serving:
         self.candidate.set(predictor, settings or CandidateSettings())
         return predictor.info
 
-    # -- the slot protocol edge.serving.http uses -----------------------------------------------------
+    # -- reading ----------------------------------------------------------------------------
     @property
     def current(self) -> Any:
+        """The live predictor (for reading its properties)."""
         return self.slot.current
 
     @contextlib.contextmanager
-    def use(self) -> Iterator[_Call | None]:
+    def use(self) -> Iterator[Any]:
+        """Borrow the live predictor (or None) for one request (the bulk endpoint's path)."""
         with self.slot.use() as live:
-            yield None if live is None else _Call(self, live)
+            yield live
 
     # -- predicting -------------------------------------------------------------------------
     def predict(self, body: Any, *, transport: str = "serial", timings: dict[str, float] | None = None) -> Answer:
@@ -261,18 +250,28 @@ class Serving:
         *,
         transport: str,
         timings: dict[str, float] | None = None,
-        live: Any = None,
         correlation_id: str | None = None,
     ) -> Future[Answer]:
         """Validate now (raising :class:`RequestError`, :class:`Unavailable`, :class:`Overloaded`);
-        the returned future holds the :class:`Answer` (or an :class:`InferenceError`). Any thread."""
-        p = self._begin(body, transport, timings, live, correlation_id)
+        the returned future holds the :class:`Answer` (or an :class:`InferenceError`). Any thread.
+        ``body``: raw JSON bytes, a decoded body, a list of rows or a parsed request."""
+        p = self._begin(body, transport, timings, correlation_id)
+        out: Future[Answer] = Future()
+        if self.batcher is None:
+            try:
+                result = self._run(p.target, [p.job])[0]
+            except BaseException as exc:
+                self._fail(p, exc)
+                raise
+            out.set_result(self._answer(p, result))
+            self._after(p, result)
+            return out
         try:
-            inner = self._dispatch(self.batcher, p.target, p.job)
+            inner = self.batcher.submit(p.target, p.job, rows=len(p.job.prepared))
         except BaseException:
             p.release()
+            p.release_mirror()
             raise
-        out: Future[Answer] = Future()
 
         def settle(f: Future[Any]) -> None:
             try:
@@ -281,9 +280,8 @@ class Serving:
                 self._fail(p, exc)
                 out.set_exception(exc)
                 return
-            answer = self._answer(p, result)
-            out.set_result(answer)
-            self._after(p, result, answer)
+            out.set_result(self._answer(p, result))
+            self._after(p, result)
 
         inner.add_done_callback(settle)
         return out
@@ -294,141 +292,135 @@ class Serving:
         *,
         transport: str = "http",
         timings: dict[str, float] | None = None,
-        live: Any = None,
         correlation_id: str | None = None,
+        alone: bool = True,
     ) -> Answer:
-        """:meth:`submit` for an asyncio event loop: concurrent requests of the loop batch on the loop."""
-        p = self._begin(body, transport, timings, live, correlation_id)
+        """:meth:`submit` for an asyncio event loop. A request alone (``alone``: the server knows of
+        no other request in flight) is answered inline, with no hand-off and no wait; requests
+        that overlap on the loop are batched (:meth:`MicroBatcher.submit_async`)."""
+        p = self._begin(body, transport, timings, correlation_id)
         try:
             if self.batcher is not None:
-                result = await self.batcher.submit_async(p.target, p.job, rows=len(p.job.prepared))
+                result = await self.batcher.submit_async(p.target, p.job, rows=len(p.job.prepared), alone=alone)
             else:
                 result = self._run(p.target, [p.job])[0]
         except BaseException as exc:
             self._fail(p, exc)
             raise
         answer = self._answer(p, result)
-        asyncio.get_running_loop().call_soon(self._after, p, result, answer)  # after the response is on its way
+        if p.mirror is not None or self._logging:
+            asyncio.get_running_loop().call_soon(self._after, p, result)  # after the response is on its way
         return answer
 
-    def _begin(
-        self, body: Any, transport: str, timings: dict[str, float] | None, live: Any, correlation_id: str | None
-    ) -> _Pending:
+    def _begin(self, body: Any, transport: str, timings: dict[str, float] | None, correlation_id: str | None) -> _Pending:
         """Validate against the live model and pick the arm; the leases it takes are released by
         :meth:`_answer` / :meth:`_fail` (or here, if it raises)."""
-        stack = contextlib.ExitStack()  # leases held until the answer is ready
-        mirror: tuple[Any, contextlib.ExitStack, CandidateSettings] | None = None
+        slot = self.slot
+        live, token = slot.acquire()
+        if live is None:
+            raise Unavailable("no model is active yet")
+        leases: list[tuple[Any, object]] = [(slot, token)]
+        mirror = None
         try:
-            if live is None:
-                live = stack.enter_context(self.slot.use())
-                if live is None:
-                    raise Unavailable("no model is active yet")
             prep = live.prepare(body, timings=timings)
-            cid = correlation_id if correlation_id is not None else prep.request.correlation_id
+            request = prep.request
+            cid = correlation_id if correlation_id is not None else request.correlation_id
             target, tprep, arm = live, prep, "live"
             settings = self.candidate.settings
-            if settings is not None and self.candidate.picks(
-                Candidate.routing_key(settings, prep.request.instances[0], cid)
-            ):
-                cand_stack = contextlib.ExitStack()
-                cand = cand_stack.enter_context(self.candidate.slot.use())
-                if cand is None:
-                    cand_stack.close()
-                elif settings.mode == "ab":
+            if settings is not None and self.candidate.picks(Candidate.routing_key(settings, request.rows[0], cid)):
+                cslot = self.candidate.slot
+                cand, ctoken = cslot.acquire()
+                if cand is not None:
                     try:
-                        tprep = cand.prepare(prep.request)
-                        target, arm = cand, "candidate"
-                        stack.enter_context(cand_stack)
+                        cprep = cand.prepare(request)
                     except RequestError:
-                        self.candidate.metrics.fallbacks.inc()
-                        self.candidate.metrics.requests.labels("candidate", "invalid").inc()
-                        cand_stack.close()
+                        cslot.release(ctoken)
+                        m = self.candidate.metrics
+                        if settings.mode == "ab":
+                            m.fallbacks.inc()
+                        m.requests.labels("candidate", "invalid").inc()
+                    else:
+                        if settings.mode == "ab":
+                            target, tprep, arm = cand, cprep, "candidate"
+                            leases.append((cslot, ctoken))
+                        else:
+                            mirror = (cslot, ctoken, cand, cprep, settings)
                 else:
-                    mirror = (cand, cand_stack, settings)
+                    cslot.release(ctoken)
         except BaseException:
-            stack.close()
-            if mirror is not None:
-                mirror[1].close()
+            for s, t in leases:
+                s.release(t)
             raise
-        return _Pending(
-            stack=stack,
-            mirror=mirror,
-            target=target,
-            arm=arm,
-            prep=prep,
-            cid=cid,
-            transport=transport,
-            started=time.perf_counter(),
-            recorded=settings is not None,
-            job=_Job(tprep, observe=True),
-        )
-
-    def _dispatch(self, batcher: MicroBatcher[Any, _Job] | None, predictor: Any, job: _Job) -> Future[Any]:
-        if batcher is not None:
-            return batcher.submit(predictor, job, rows=len(job.prepared))
-        future: Future[Any] = Future()
-        try:
-            future.set_result(self._run(predictor, [job])[0])
-        except Exception as exc:
-            future.set_exception(exc)
-        return future
+        return _Pending(leases, mirror, target, arm, prep, cid, transport, settings is not None, _Job(tprep, observe=True))
 
     def _run(self, predictor: Any, jobs: list[_Job]) -> list[tuple[list[float], np.ndarray]]:
-        """One batch: encode and infer every job's rows in one call (the batcher's worker)."""
-        from edge.serving.predictor import to_units
-
-        t1 = time.perf_counter()
-        enc = predictor.encode_prepared([j.prepared for j in jobs])
+        """One batch: infer every job's rows in one call (the batcher's worker, or inline)."""
         t2 = time.perf_counter()
-        y = predictor.infer_encoded(enc)
-        t3 = time.perf_counter()
-        self.metrics.stage_duration.labels("encode").observe(t2 - t1)
-        self.metrics.stage_duration.labels("infer").observe(t3 - t2)
+        if len(jobs) == 1:
+            prepared = jobs[0].prepared
+            cat, num = prepared.cat, prepared.num
+        else:
+            cat = np.concatenate([j.prepared.cat for j in jobs])
+            num = np.concatenate([j.prepared.num for j in jobs])
+        y = predictor.infer_arrays(cat, num)
+        self._stage_infer.observe(time.perf_counter() - t2)
         drift = self._drift
         if drift is not None and predictor is self._drift_owner:
             try:
-                mask = np.repeat([j.observe for j in jobs], [len(j.prepared) for j in jobs])
-                drift.observe(enc if mask.all() else type(enc)(cat=enc.cat[mask], num=enc.num[mask]))
+                if all(j.observe for j in jobs):
+                    drift.observe(Encoded(cat=cat, num=num))
+                else:
+                    mask = np.repeat([j.observe for j in jobs], [len(j.prepared) for j in jobs])
+                    drift.observe(Encoded(cat=cat[mask], num=num[mask]))
             except Exception:  # drift is advisory: never fail a prediction over it
                 logger.exception("drift observation failed")
-        units = to_units(y)
+        units = units_list(y)
+        if len(jobs) == 1:
+            return [(units, y)]
         out, start = [], 0
         for j in jobs:
             n = len(j.prepared)
-            out.append((units[start : start + n].tolist(), y[start : start + n]))
+            out.append((units[start : start + n], y[start : start + n]))
             start += n
         return out
 
     def _fail(self, p: _Pending, exc: BaseException) -> None:
         p.release()
+        p.release_mirror()
         if p.recorded:
             self.candidate.metrics.requests.labels(p.arm, "error").inc()
 
     def _answer(self, p: _Pending, result: tuple[list[float], np.ndarray]) -> Answer:
+        """Release the leases and record the arm's metrics *before* the caller has the answer (a
+        client that reads /metrics right after its response sees its own request counted)."""
         p.elapsed = time.perf_counter() - p.started
-        p.stack.close()  # the mirror keeps its own lease until the shadow run is done
-        return Answer(result[0], p.target.info, p.arm)
-
-    def _after(self, p: _Pending, result: tuple[list[float], np.ndarray], answer: Answer) -> None:
-        """What happens once the caller has its answer: arm metrics, the prediction log, the shadow."""
-        units, y = result
-        try:
-            if p.recorded:
+        p.release()  # the mirror keeps its own lease until the shadow run is done
+        if p.recorded:
+            try:
                 m = self.candidate.metrics
                 m.requests.labels(p.arm, "ok").inc()
                 m.latency.labels(p.arm).observe(p.elapsed)
                 hist = m.prediction.labels(p.arm)
-                for v in y.tolist():
+                for v in result[1].tolist():
                     hist.observe(v)
+            except Exception:
+                logger.exception("recording a prediction failed")
+        target = p.target
+        return Answer(result[0], target.info, p.arm, target.info_dict)
+
+    def _after(self, p: _Pending, result: tuple[list[float], np.ndarray]) -> None:
+        """What happens once the caller has its answer: the prediction log, the shadow."""
+        units, y = result
+        try:
             if self.predlog.enabled and self.predlog.sampled():
                 self.predlog.write(
-                    p.prep.request.instances, units, answer.model, arm=p.arm, transport=p.transport, request_id=p.cid
+                    p.prep.request.instances, units, p.target.info, arm=p.arm, transport=p.transport, request_id=p.cid
                 )
         except Exception:
             logger.exception("recording a prediction failed")
         if p.mirror is not None:
             try:
-                self._mirror(p.mirror, p.prep, y, p.cid, p.transport)
+                self._mirror(p, y)
             except Exception:
                 logger.exception("mirroring to the candidate failed")
 
@@ -437,35 +429,28 @@ class Serving:
         if self._shadow_batcher is None:
             config = self.batching.model_copy(update={"max_queue": self.candidate_config.max_pending})
             self._shadow_batcher = MicroBatcher(
-                self._run, config, metrics=self._batch_metrics.child("shadow"), name="shadow", inline_when_idle=False
+                self._run_shadow, config, metrics=self._batch_metrics.child("shadow"), name="shadow", inline_when_idle=False
             )
         return self._shadow_batcher
 
-    def _mirror(
-        self,
-        mirror: tuple[Any, contextlib.ExitStack, CandidateSettings],
-        prep: Any,
-        y_live: np.ndarray,
-        cid: str | None,
-        transport: str,
-    ) -> None:
-        cand, cand_stack, settings = mirror
+    def _run_shadow(self, predictor: Any, jobs: list[_Job]) -> list[tuple[list[float], np.ndarray]]:
+        return self._run(predictor, jobs)
+
+    def _mirror(self, p: _Pending, y_live: np.ndarray) -> None:
+        cslot, ctoken, cand, cprep, settings = p.mirror
+        p.mirror = None  # the lease is now this function's to release
         m = self.candidate.metrics
         try:
-            cprep = cand.prepare(prep.request)
             started = time.perf_counter()
             future = self._shadow().submit(cand, _Job(cprep, observe=False), rows=len(cprep))
-        except RequestError:
-            m.requests.labels("candidate", "invalid").inc()
-            cand_stack.close()
-            return
         except Overloaded:
             m.skipped.inc()
-            cand_stack.close()
+            cslot.release(ctoken)
             return
         except BaseException:
-            cand_stack.close()
+            cslot.release(ctoken)
             raise
+        prep, transport, cid = p.prep, p.transport, p.cid
 
         def done(f: Future[Any]) -> None:
             try:
@@ -475,14 +460,11 @@ class Serving:
                 logger.warning("shadow prediction failed: %s", exc)
                 return
             finally:
-                cand_stack.close()
+                cslot.release(ctoken)
             m.requests.labels("candidate", "ok").inc()
             m.latency.labels("candidate").observe(time.perf_counter() - started)
             hist = m.prediction.labels("candidate")
             diffs = np.abs(np.asarray(y, np.float64) - np.asarray(y_live, np.float64))
-            for v, d in zip(y.tolist(), diffs.tolist(), strict=True):
-                hist.observe(v)
-                m.abs_diff.observe(d)
             agree = int(np.count_nonzero(diffs <= settings.tolerance))
             if agree:
                 m.shadow_rows.labels("yes").inc(agree)
@@ -490,6 +472,9 @@ class Serving:
                 m.shadow_rows.labels("no").inc(len(diffs) - agree)
             if self.predlog.enabled and self.predlog.sampled():
                 self.predlog.write(prep.request.instances, units, cand.info, arm="shadow", transport=transport, request_id=cid)
+            for v, d in zip(y.tolist(), diffs.tolist(), strict=True):  # last: what a waiter polls on
+                hist.observe(v)
+                m.abs_diff.observe(d)
 
         future.add_done_callback(done)
 
@@ -501,7 +486,29 @@ class Serving:
         with self.slot.use() as live:
             if live is None:
                 raise Unavailable("no model is active yet")
-            return self.online.apply(body, live, transport=transport)
+            ack = self.online.apply(body, live, transport=transport)
+        self.realised.observe(body.sales if hasattr(body, "sales") else body.get("sales", []))
+        return ack
+
+    def _perishable(self, item_nbr: int) -> bool:
+        live = self.slot.current
+        tables = getattr(live, "tables", None)
+        if tables is None:
+            return False
+        i = int(tables.item_index(np.array([item_nbr]))[0])
+        return i >= 0 and bool(tables.perishable[i])
+
+    def _offline(self, model: str, version: int) -> float | None:
+        """The validation NWRMSLE the live bundle's manifest states, when it is that version."""
+        live = self.slot.current
+        manifest = getattr(live, "manifest", None)
+        if manifest is None or manifest.name != model or manifest.version != version:
+            return None
+        variant = getattr(live, "variant", None)
+        for v in manifest.variants:
+            if v.name == variant and "nwrmsle" in v.metrics:
+                return float(v.metrics["nwrmsle"])
+        return None
 
     # -- telemetry --------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -513,6 +520,10 @@ class Serving:
             if values:
                 worst = max(values, key=values.__getitem__)
                 out["drift_max_psi"] = {"feature": worst, "psi": round(values[worst], 4)}
+                out["drift_psi"] = {k: round(v, 4) for k, v in values.items()}
+        realised = self.realised.snapshot()
+        if realised:
+            out["realised"] = realised
         cand = self.candidate.current
         settings = self.candidate.settings
         if cand is not None and settings is not None:
@@ -524,86 +535,7 @@ class Serving:
             out["batch_queue"] = self.batcher.pending
         return out
 
-    # -- HTTP -------------------------------------------------------------------------------
-    def routes(self) -> list[BaseRoute]:
-        """``POST /v1/predict:batch`` and (with online state on) ``POST /v1/sales``."""
-        out: list[BaseRoute] = [Route("/v1/predict:batch", self._http_predict_batch, methods=["POST"])]
-        if self.online is not None:
-            out.append(Route("/v1/sales", self._http_sales, methods=["POST"]))
-        return out
-
-    async def _body(self, request: Request, what: str) -> Mapping[str, Any]:
-        from edge.serving.http import _read_body
-
-        raw = await _read_body(request, self.max_body_bytes)
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise RequestError([detail("body", "json", f"is not valid JSON: {exc}")], status=400) from None
-        if not isinstance(body, dict):
-            raise RequestError([detail("body", "object_type", f'must be a JSON object {{"{what}": [...]}}')])
-        return body
-
-    async def _http_sales(self, request: Request) -> Response:
-        try:
-            body = await self._body(request, "sales")
-            ack = self.report_sales(body, transport="http")
-            return JSONResponse(ack.model_dump(mode="json"))
-        except RequestError as exc:
-            return JSONResponse(exc.to_json(), status_code=exc.status)
-        except Unavailable as exc:
-            return _error("no_model", str(exc), 503)
-        except Exception:
-            logger.exception("sales report failed")
-            return _error("internal", "internal error", 500)
-
-    async def _http_predict_batch(self, request: Request) -> Response:
-        started = time.perf_counter()
-        outcome, rows_ok, timings = "error", 0, {}
-        try:
-            body = await self._body(request, "instances")
-            rows = body.get("instances")
-            unknown = sorted(set(body) - {"instances", "correlation_id"})
-            if unknown:
-                raise RequestError([detail(k, "extra_field", "is not a field of the contract") for k in unknown])
-            if not isinstance(rows, list) or not rows:
-                raise RequestError([detail("instances", "list_type", "must be a non-empty list of rows")])
-            limit = self.batching.endpoint_max_rows
-            if len(rows) > limit:
-                raise RequestError(
-                    [detail("instances", "max_rows", f"has {len(rows)} rows, at most {limit} are allowed")], status=413
-                )
-            with self.slot.use() as live:
-                if live is None:
-                    outcome = "unavailable"
-                    return _error("no_model", "no model is active yet", 503, **{"Retry-After": "5"})
-                predictions, errors = await asyncio.to_thread(self._predict_rows, live, rows, timings)
-                model = live.info.model_dump()
-            rows_ok = sum(p is not None for p in predictions)
-            if not rows_ok:
-                outcome = "invalid"
-                return JSONResponse(
-                    RequestError([{k: e[k] for k in ("field", "rule", "message")} for e in errors]).to_json(),  # type: ignore[misc]
-                    status_code=422,
-                )
-            outcome = "ok"
-            return JSONResponse({"predictions": predictions, "errors": errors, "model": model})
-        except RequestError as exc:
-            outcome = "invalid"
-            return JSONResponse(exc.to_json(), status_code=exc.status)
-        except (Overloaded, Unavailable) as exc:
-            outcome = "unavailable"
-            return _error("overloaded", str(exc), 503, **{"Retry-After": "1"})
-        except InferenceError as exc:
-            logger.error("inference failed: %s", exc)
-            return _error("inference_failed", str(exc), 500)
-        except Exception:
-            logger.exception("batch predict failed")
-            return _error("internal", "internal error", 500)
-        finally:
-            self.metrics.observe_request("http", outcome, time.perf_counter() - started, rows=rows_ok, timings=timings)
-
-    def _predict_rows(
+    def predict_rows(
         self, live: Any, rows: Sequence[Any], timings: dict[str, float]
     ) -> tuple[list[float | None], list[dict[str, Any]]]:
         """Per-row validation, then the valid rows (checked in chunks of ``max_batch``) encoded and
@@ -677,6 +609,3 @@ def _reindex(d: ErrorDetail, old: int, new: int) -> ErrorDetail:
     text = d["message"].split(": ", 1)[-1].rsplit(" (rule ", 1)[0]
     return detail(field, d["rule"], text)
 
-
-def _error(code: str, message: str, status: int, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers or None)

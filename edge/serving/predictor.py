@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -30,19 +31,31 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import ValidationError
 
-from edge.serving.errors import ErrorDetail, InferenceError, RequestError, detail, from_validation_error
+from edge.serving.errors import ErrorDetail, InferenceError, RequestError, detail
 from edge.runtimes import Runtime, available_runtimes, get_runtime, runtime_for_variant
 from edge.runtimes.base import RuntimeLoadError, RuntimeUnavailable
 from models.bundle import BundleError, VerifiedBundle, unpack_bundle, verify_unpacked
 from models.contract import PredictRequest
-from models.features import Encoded, SalesState, Tables, encode, target_inverse
+from edge.serving.request import ParsedRequest, row_models
+from edge.serving.request import parse as parse_request
+from models.features import _KEY_SHIFT, Encoded, SalesState, Tables, _contains, lag_features, target_inverse
 from models.manifest import Manifest, Variant
 from models.messages import ActiveModel
 from models.signing import load_public_key
 
-__all__ = ["Predictor", "Prepared", "TrustSpec", "load_trusted_keys", "RequestError", "InferenceError", "STAGES", "to_units"]
+__all__ = [
+    "Predictor",
+    "Prepared",
+    "ParsedRequest",
+    "TrustSpec",
+    "load_trusted_keys",
+    "RequestError",
+    "InferenceError",
+    "STAGES",
+    "to_units",
+    "units_list",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -131,24 +144,62 @@ def to_units(y: np.ndarray) -> np.ndarray:
     return np.round(target_inverse(y), DECIMALS)
 
 
+_SCALE = 10.0**DECIMALS
+
+
+def units_list(y: np.ndarray) -> list[float]:
+    """``to_units(y).tolist()`` without numpy's per-call cost on a few rows (identical values:
+    ``np.round`` is ``rint(x * 10**d) / 10**d``, and ``round()`` rounds half to even as ``rint`` does)."""
+    if len(y) > 16:
+        return to_units(y).tolist()
+    out = []
+    for v in y.tolist():
+        u = math.expm1(v)
+        out.append(round(u * _SCALE) / _SCALE if u > 0.0 else 0.0)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Prepared:
-    """One request's rows, validated and checked, with the lag windows they will be encoded with.
+    """One request, validated, checked against the model's tables and lag state, and encoded.
 
-    Made by :meth:`Predictor.prepare`; several are encoded and inferred as one batch by
+    Made by :meth:`Predictor.prepare`; several are inferred as one batch by
     :meth:`Predictor.predict_prepared` (what :mod:`edge.serving.batching` does for concurrent requests).
     """
 
-    request: PredictRequest
-    dates: np.ndarray  # M8[D] [n]
-    store_nbr: np.ndarray  # int64 [n]
-    item_nbr: np.ndarray  # int64 [n]
-    onpromotion: np.ndarray  # bool [n]
-    windows: np.ndarray  # float32 [n, LAG_WINDOW_DAYS], a copy taken when the request was checked
-    window_end: np.datetime64  # last day of the windows
+    request: ParsedRequest
+    cat: np.ndarray  # int32 [n, 8]
+    num: np.ndarray  # float32 [n, 12]
 
     def __len__(self) -> int:
-        return int(self.dates.shape[0])
+        return int(self.cat.shape[0])
+
+    @property
+    def encoded(self) -> Encoded:
+        return Encoded(cat=self.cat, num=self.num)
+
+
+class _View:
+    """What requests are checked and encoded against for one lag state, with its caches.
+
+    Replaced whole by :meth:`Predictor.set_state` / :meth:`Predictor.invalidate` (a request holds
+    one view from check to encode, so a concurrent state change never mixes two states)."""
+
+    __slots__ = ("state", "end", "ends", "horizon", "pairs", "lags", "version")
+
+    def __init__(self, state: SalesState, horizon_days: int, version: int) -> None:
+        self.state = state
+        self.end = int(np.datetime64(state.end_date, "D").astype(np.int64))
+        # per-pair window ends once stores reported sales up to different days (edge.serving.online_state)
+        self.ends = None if state.pair_end is None else np.asarray(state.pair_end, "M8[D]").astype(np.int64).tolist()
+        self.horizon = horizon_days
+        self.pairs: dict[tuple[int, int], int] = {}  # (store_nbr, item_nbr) → state row (-1: none)
+        self.lags: dict[tuple[int, int], tuple[float, ...]] = {}  # (state row, offset) → 4 lag features
+        self.version = version
+
+
+#: Bound on each per-request cache (entries); a full cache is cleared, never grows without bound.
+_CACHE_MAX = 65536
 
 
 class Predictor:
@@ -168,14 +219,19 @@ class Predictor:
         self._variant = variant
         self._runtime = runtime
         self._tables = tables
-        self._state = state
         self._bundle_state = state  # what the bundle shipped; set_state() may serve a newer one
         self._owned_dir = owned_dir
         self._lock = threading.Lock()
         self._closed = False
         c = bundle.manifest.contract
-        self._end = np.datetime64(c.state_end_date, "D")
-        self._last_day = self._end + np.timedelta64(c.horizon_days, "D")
+        self._max_batch = c.max_batch
+        self._view = _View(state, c.horizon_days, 0)
+        # caches that depend on the tables only (never invalidated, bounded by _CACHE_MAX)
+        self._store_pos = {int(v): k for k, v in enumerate(tables.store_nbr.tolist())}
+        self._item_pos = {int(v): k for k, v in enumerate(tables.item_nbr.tolist())}
+        self._statics: dict[tuple[int, int], tuple[tuple[int, ...], float, int, int]] = {}
+        self._dates: dict[int, tuple[tuple[int], tuple[float, float, float], float]] = {}
+        self._places: dict[tuple[int, int, int], tuple[float, float]] = {}
         self._info = ActiveModel(
             name=bundle.manifest.name,
             version=bundle.manifest.version,
@@ -184,6 +240,7 @@ class Predictor:
             runtime=runtime.name,
             providers=list(runtime.active_providers),
         )
+        self._info_dict = self._info.model_dump(mode="json")
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -275,119 +332,209 @@ class Predictor:
         return self._info
 
     @property
+    def info_dict(self) -> dict[str, Any]:
+        """:attr:`info` as a JSON-ready dict (built once; do not modify it)."""
+        return self._info_dict
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
     # -- prediction -------------------------------------------------------------------------
     def predict(
         self,
-        instances: PredictRequest | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        instances: PredictRequest | ParsedRequest | Mapping[str, Any] | Sequence[Mapping[str, Any]] | bytes,
         *,
         timings: dict[str, float] | None = None,
     ) -> list[float]:
         """Unit sales for each row, in order. ``instances`` is a list of row dicts, a request body
-        ``{"instances": [...]}`` or a :class:`PredictRequest`. Fills ``timings`` (seconds per
-        stage) if given. Raises :class:`RequestError` (4xx) or :class:`InferenceError` (500)."""
+        ``{"instances": [...]}`` (decoded or raw JSON bytes), a :class:`PredictRequest` or a
+        :class:`ParsedRequest`. Fills ``timings`` (seconds per stage) if given. Raises
+        :class:`RequestError` (4xx) or :class:`InferenceError` (500)."""
         if self._closed:
             raise InferenceError("predictor is closed")
-        return self.predict_prepared([self.prepare(instances, timings=timings)], timings=timings)[0]
+        p = self.prepare(instances, timings=timings)
+        t2 = time.perf_counter()
+        y = self.infer_arrays(p.cat, p.num)
+        if timings is not None:
+            timings["infer"] = time.perf_counter() - t2
+        return units_list(y)
 
     def encode(
         self,
-        instances: PredictRequest | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        instances: PredictRequest | ParsedRequest | Mapping[str, Any] | Sequence[Mapping[str, Any]] | bytes,
         *,
         timings: dict[str, float] | None = None,
     ) -> Encoded:
         """Validate rows and encode them into the model's inputs, exactly as :meth:`predict` does.
 
-        The same :func:`models.features.encode` the trainer calls, fed from the bundle's tables and
-        lag windows: ``tests/unit/test_golden_encoding.py`` holds both sides to identical arrays.
+        Bit-identical to :func:`models.features.encode` (the function the trainer calls) fed from
+        the bundle's tables and lag windows: ``tests/unit/test_golden_encoding.py`` holds both sides
+        to identical arrays.
         """
-        prepared = self.prepare(instances, timings=timings)
-        t1 = time.perf_counter()
-        enc = self.encode_prepared([prepared])
-        if timings is not None:
-            timings["encode"] = time.perf_counter() - t1
-        return enc
+        return self.prepare(instances, timings=timings).encoded
+
+    def parse(self, instances: Any) -> ParsedRequest:
+        """Schema validation only (:func:`edge.serving.request.parse` with this model's batch limit)."""
+        return parse_request(instances, self._max_batch)
+
+    def validate(self, instances: Any) -> PredictRequest:
+        """Schema validation only, as a :class:`PredictRequest` (types, required fields, batch size)."""
+        parsed = self.parse(instances)
+        return PredictRequest.model_construct(instances=row_models(parsed), correlation_id=parsed.correlation_id)
 
     def prepare(
         self,
-        instances: PredictRequest | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        instances: PredictRequest | ParsedRequest | Mapping[str, Any] | Sequence[Mapping[str, Any]] | bytes,
         *,
         timings: dict[str, float] | None = None,
     ) -> Prepared:
-        """Validate one request and take its rows' lag windows, without encoding (stage ``validate``).
+        """Validate one request, check it against the tables and the lag state, and encode it
+        (stages ``validate`` and ``encode``). Errors are the request's own (:class:`RequestError`).
 
-        Errors are the request's own (:class:`RequestError`); what passes can be encoded and
-        inferred together with other requests' rows by :meth:`predict_prepared`.
-        """
+        The fast path: what does not change per request is cached (per store×item: the table
+        look-ups and the state row; per date: calendar and holiday features; per state row and
+        offset: the four lag features), so a row costs a few dictionary look-ups. The lag caches
+        belong to the current lag state and are dropped when it changes (:meth:`set_state`,
+        :meth:`invalidate`)."""
         t0 = time.perf_counter()
-        request = self.validate(instances)
-        rows = request.instances
-        state = self._state  # one snapshot: set_state() may replace it while this request runs
-        dates = np.array([r.date for r in rows], dtype="M8[D]")
-        store = np.array([r.store_nbr for r in rows], dtype=np.int64)
-        item = np.array([r.item_nbr for r in rows], dtype=np.int64)
-        pair = self._check_known(dates, store, item, state)
-        prepared = Prepared(
-            request=request,
-            dates=dates,
-            store_nbr=store,
-            item_nbr=item,
-            onpromotion=np.array([r.onpromotion for r in rows], dtype=bool),
-            windows=state.window[pair],
-            window_end=state.end_date,
-        )
+        request = instances if type(instances) is ParsedRequest and len(instances.rows) <= self._max_batch else self.parse(instances)
+        t1 = time.perf_counter()
+        view = self._view  # one snapshot: set_state() may replace it while this request runs
+        cats: list[tuple[int, ...]] = []
+        nums: list[tuple[float, ...]] = []
+        for row in request.rows:
+            enc = self._encode_row(view, row)
+            if enc is None:
+                self._raise_row_errors(view, request)
+            cats.append(enc[0])
+            nums.append(enc[1])
+        prepared = Prepared(request, np.array(cats, dtype=np.int32), np.array(nums, dtype=np.float32))
         if timings is not None:
-            timings["validate"] = time.perf_counter() - t0
+            t2 = time.perf_counter()
+            timings["validate"] = t1 - t0
+            timings["encode"] = t2 - t1
         return prepared
+
+    def _encode_row(self, view: _View, row: tuple[int, int, int, bool]) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
+        """One row's (cat, num) from the caches; None when the row is not servable (errors: the slow path)."""
+        day, store, item, promo = row
+        key = (store, item)
+        static = self._statics.get(key)
+        if static is None:
+            static = self._static_of(store, item)
+            if static is None:
+                return None
+        pair = view.pairs.get(key)
+        if pair is None:
+            pair = int(view.state.pair_index(np.array([store]), np.array([item]))[0])
+            if len(view.pairs) >= _CACHE_MAX:
+                view.pairs.clear()
+            view.pairs[key] = pair
+        if pair < 0:
+            return None
+        end = view.end if view.ends is None else view.ends[pair]  # this pair's last known day
+        offset = day - end
+        if not 0 < offset <= view.horizon:
+            return None
+        lags = view.lags.get((pair, offset))
+        if lags is None:
+            lags = tuple(float(v) for v in lag_features(view.state.window[pair : pair + 1], np.array([offset]))[0])
+            if len(view.lags) >= _CACHE_MAX:
+                view.lags.clear()
+            view.lags[(pair, offset)] = lags
+        dates = self._dates.get(day)
+        if dates is None:
+            dates = self._date_of(day)
+        place_key = (day, static[2], static[3])
+        place = self._places.get(place_key)
+        if place is None:
+            place = self._place_of(day, static[2], static[3])
+        cat = static[0] + dates[0]
+        num = (1.0 if promo else 0.0, static[1], *dates[1], *place, dates[2], *lags)
+        return cat, num
+
+    def _static_of(self, store: int, item: int) -> tuple[tuple[int, ...], float, int, int] | None:
+        """Per store×item: cat columns 0–6, perishable, the store's state and city index."""
+        t = self._tables
+        s = self._store_pos.get(store)
+        i = self._item_pos.get(item)
+        if s is None or i is None:
+            return None
+        cat = (s + 1, i + 1, int(t.family[i]), int(t.item_class[i]), int(t.store_type[s]), int(t.cluster[s]), int(t.city[s]))
+        static = (cat, float(t.perishable[i]), int(t.state[s]), int(t.city[s]))
+        if len(self._statics) >= _CACHE_MAX:
+            self._statics.clear()
+        self._statics[(store, item)] = static
+        return static
+
+    def _date_of(self, day: int) -> tuple[tuple[int], tuple[float, float, float], float]:
+        """Per date: (dow+1,), (payday, day_of_month/31, national holiday), workday — as models.features.encode."""
+        t = self._tables
+        d = np.datetime64(day, "D")
+        month_start = d.astype("M8[M]").astype("M8[D]")
+        dom = int((d - month_start).astype(np.int64)) + 1
+        month_end = (d + 1).astype("M8[M]") != d.astype("M8[M]")
+        payday = 1.0 if (dom == 15 or month_end) else 0.0
+        national = 1.0 if _contains(t.national_days, np.array([day]))[0] else 0.0
+        workday = 1.0 if _contains(t.workdays, np.array([day]))[0] else 0.0
+        out = (((day + 3) % 7 + 1,), (payday, dom / 31.0, national), workday)
+        if len(self._dates) >= _CACHE_MAX:
+            self._dates.clear()
+        self._dates[day] = out
+        return out
+
+    def _place_of(self, day: int, state: int, city: int) -> tuple[float, float]:
+        """Per date and store place: (regional holiday, local holiday)."""
+        t = self._tables
+        key = day * _KEY_SHIFT
+        regional = 1.0 if state > 0 and _contains(t.regional_keys, np.array([key + state]))[0] else 0.0
+        local = 1.0 if city > 0 and _contains(t.local_keys, np.array([key + city]))[0] else 0.0
+        if len(self._places) >= _CACHE_MAX:
+            self._places.clear()
+        self._places[(day, state, city)] = out = (regional, local)
+        return out
+
+    def _raise_row_errors(self, view: _View, request: ParsedRequest) -> None:
+        rows = request.rows
+        epoch = np.datetime64("1970-01-01", "D")
+        dates = epoch + np.array([r[0] for r in rows], dtype=np.int64).astype("m8[D]")
+        store = np.array([r[1] for r in rows], dtype=np.int64)
+        item = np.array([r[2] for r in rows], dtype=np.int64)
+        self._check_known(dates, store, item, view.state)
+        raise AssertionError("a row failed the fast check but passed the full one")  # pragma: no cover
 
     def encode_prepared(self, batch: Sequence[Prepared]) -> Encoded:
         """The model inputs of several prepared requests' rows, in order, as one batch."""
         if len(batch) == 1:
-            p = batch[0]
-            return encode(
-                self._tables,
-                dates=p.dates,
-                store_nbr=p.store_nbr,
-                item_nbr=p.item_nbr,
-                onpromotion=p.onpromotion,
-                windows=p.windows,
-                window_end=p.window_end,
-            )
-        ends = np.array([p.window_end for p in batch], dtype="M8[D]")
-        return encode(
-            self._tables,
-            dates=np.concatenate([p.dates for p in batch]),
-            store_nbr=np.concatenate([p.store_nbr for p in batch]),
-            item_nbr=np.concatenate([p.item_nbr for p in batch]),
-            onpromotion=np.concatenate([p.onpromotion for p in batch]),
-            windows=np.concatenate([p.windows for p in batch]),
-            window_end=ends[0] if np.all(ends == ends[0]) else np.repeat(ends, [len(p) for p in batch]),
-        )
+            return batch[0].encoded
+        return Encoded(cat=np.concatenate([p.cat for p in batch]), num=np.concatenate([p.num for p in batch]))
 
-    def infer_encoded(self, enc: Encoded) -> np.ndarray:
+    def infer_arrays(self, cat: np.ndarray, num: np.ndarray) -> np.ndarray:
         """Run the runtime (serialised: runtimes are not thread-safe); float32 [N] in log1p space."""
         with self._lock:
             if self._closed:
                 raise InferenceError("predictor is closed")
             try:
-                y = self._runtime.infer(enc.as_feed())
+                y = self._runtime.infer({"cat": cat, "num": num})
             except Exception as exc:
                 raise InferenceError(f"{self._runtime.name} failed: {exc}") from exc
-        if not np.all(np.isfinite(y)):
+        if not np.isfinite(y).all():
             raise InferenceError("the model produced a non-finite prediction")
         return y
 
+    def infer_encoded(self, enc: Encoded) -> np.ndarray:
+        """:meth:`infer_arrays` of an :class:`Encoded` batch."""
+        return self.infer_arrays(enc.cat, enc.num)
+
     def predict_prepared(self, batch: Sequence[Prepared], *, timings: dict[str, float] | None = None) -> list[list[float]]:
-        """Unit sales for several prepared requests, encoded and inferred as one batch; one list each."""
-        t1 = time.perf_counter()
+        """Unit sales for several prepared requests, inferred as one batch; one list each."""
         enc = self.encode_prepared(batch)
         t2 = time.perf_counter()
         y = self.infer_encoded(enc)
         if timings is not None:
-            timings.update(encode=t2 - t1, infer=time.perf_counter() - t2)
-        units = to_units(y).tolist()
+            timings["infer"] = time.perf_counter() - t2
+        units = units_list(y)
         out, start = [], 0
         for p in batch:
             out.append(units[start : start + len(p)])
@@ -408,33 +555,29 @@ class Predictor:
     @property
     def sales_state(self) -> SalesState:
         """The lag windows requests are encoded with now (the bundle's, or one given to :meth:`set_state`)."""
-        return self._state
+        return self._view.state
+
+    @property
+    def _state(self) -> SalesState:
+        return self._view.state
+
+    @property
+    def state_version(self) -> int:
+        """Bumped by every :meth:`set_state` / :meth:`invalidate` (the lag caches are rebuilt lazily)."""
+        return self._view.version
 
     def set_state(self, state: SalesState) -> None:
         """Encode requests with ``state`` from now on (e.g. :mod:`edge.serving.online_state`'s windows, kept
         current from actual sales); the horizon moves with its ``end_date``. Requests already
-        checked keep the windows they were checked with."""
-        end = np.datetime64(state.end_date, "D")
-        self._end, self._last_day = end, end + np.timedelta64(self.manifest.contract.horizon_days, "D")
-        self._state = state
+        checked keep the windows they were checked with. The per-pair lag caches start afresh."""
+        self._view = _View(state, self.manifest.contract.horizon_days, self._view.version + 1)
 
-    def validate(self, instances: PredictRequest | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> PredictRequest:
-        """Schema validation only (types, required fields, batch size); raises :class:`RequestError`."""
-        if isinstance(instances, PredictRequest):
-            request = instances
-        else:
-            body = instances if isinstance(instances, Mapping) else {"instances": instances}
-            if isinstance(body, Mapping) and isinstance(body.get("instances"), Sequence):
-                self._check_batch(len(body["instances"]))
-            try:
-                request = PredictRequest.model_validate(body)
-            except ValidationError as exc:
-                raise from_validation_error(exc) from None
-        self._check_batch(len(request.instances))
-        return request
+    def invalidate(self) -> None:
+        """Drop the per-pair lag caches: call it after changing the current state's windows in place."""
+        self.set_state(self._view.state)
 
     def _check_batch(self, n: int) -> None:
-        limit = self.manifest.contract.max_batch
+        limit = self._max_batch
         if n > limit:
             raise RequestError(
                 [detail("instances", "max_batch", f"has {n} rows, at most {limit} are allowed")], status=413
@@ -445,11 +588,12 @@ class Predictor:
     ) -> np.ndarray:
         """Rows' state index; RequestError if a store/item/pair is unknown or a date out of horizon."""
         state = state if state is not None else self._state
-        end = np.datetime64(state.end_date, "D")
-        last_day = end + np.timedelta64(self.manifest.contract.horizon_days, "D")
         s_ok = self._tables.store_index(store) >= 0
         i_ok = self._tables.item_index(item) >= 0
         pair = state.pair_index(store, item)
+        # per-row window end: stores that reported sales moved on, the others did not (online_state)
+        end = np.broadcast_to(state.row_end(np.maximum(pair, 0)), dates.shape)
+        last_day = end + np.timedelta64(self.manifest.contract.horizon_days, "D")
         d_ok = (dates > end) & (dates <= last_day)
         bad = np.flatnonzero(~(s_ok & i_ok & (pair >= 0) & d_ok))
         if not len(bad):
@@ -468,8 +612,8 @@ class Predictor:
                     detail(
                         f"{row}.date",
                         "horizon",
-                        f"{dates[r]} must be after {end} (last day of known sales) and "
-                        f"at most {self.manifest.contract.horizon_days} days after it (until {last_day})",
+                        f"{dates[r]} must be after {end[r]} (last day of known sales) and "
+                        f"at most {self.manifest.contract.horizon_days} days after it (until {last_day[r]})",
                     )
                 )
         raise RequestError(problems)

@@ -180,6 +180,9 @@ class Candidate:
 
     @staticmethod
     def routing_key(settings: CandidateSettings, first_row: Any, correlation_id: str | None) -> str:
+        """``first_row``: a parsed row ``(day, store_nbr, item_nbr, onpromotion)`` or a RequestRow."""
         if settings.key == "request" and correlation_id:
             return "r:" + correlation_id
+        if isinstance(first_row, tuple):
+            return f"p:{first_row[1]}:{first_row[2]}"
         return f"p:{first_row.store_nbr}:{first_row.item_nbr}"

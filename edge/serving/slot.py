@@ -67,6 +67,20 @@ class ModelSlot:
             if lease is not None:
                 self._release(lease)
 
+    def acquire(self) -> tuple[Closeable | None, object]:
+        """:meth:`use` without a context manager (the hot path): the predictor (or None) and a
+        token that must be given to :meth:`release` exactly once."""
+        with self._lock:
+            lease = self._lease
+            if lease is not None:
+                lease.refs += 1
+        return (lease.value if lease else None), lease
+
+    def release(self, token: object) -> None:
+        """End a lease :meth:`acquire` took."""
+        if token is not None:
+            self._release(token)  # type: ignore[arg-type]
+
     @property
     def retiring(self) -> int:
         """Swapped-out predictors still serving in-flight requests (closed when those end)."""

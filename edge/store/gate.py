@@ -26,7 +26,6 @@ reference numbers fails too unless ``require=False`` (then the run is ``skipped`
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import math
 import time
@@ -34,10 +33,13 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import ValidationError
 
 from models.bundle import BundleError, VerifiedBundle
 from models.features import Encoded
+from models.holdout import Holdout, HoldoutError, pred_key, read_holdout
 from models.metrics import weighted_rmse_log
+from models.recipes import Tolerance
 
 __all__ = ["GateResult", "GateFailed", "Holdout", "load_holdout", "run_gate", "gate_predictor", "DEFAULT_MARGIN"]
 
@@ -47,20 +49,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MARGIN = 0.02
 #: Absolute slack for float noise when the expected figures are exactly zero.
 _EPS = 1e-6
-
-
-@dataclasses.dataclass(frozen=True)
-class Holdout:
-    """The arrays of ``holdout.npz``."""
-
-    cat: np.ndarray
-    num: np.ndarray
-    y: np.ndarray
-    weight: np.ndarray
-    preds: dict[str, np.ndarray]  # "keras", "tflite-int8", … → log1p predictions of the cloud
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,37 +103,22 @@ class GateFailed(BundleError):
         self.result = result
 
 
-def _key(variant: str) -> str:
-    return "pred_" + variant.replace("-", "_")
-
-
 def load_holdout(bundle: VerifiedBundle) -> Holdout:
-    """Read the bundle's holdout slice; :class:`BundleError` (``bad_holdout``) if it is unusable."""
-    path = bundle.path(bundle.manifest.holdout)
+    """Read the bundle's holdout slice (:mod:`models.holdout`); :class:`BundleError` (``bad_holdout``) if unusable."""
     try:
-        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        cat = np.asarray(arrays.pop("cat"), np.int32)
-        num = np.asarray(arrays.pop("num"), np.float32)
-        y = np.asarray(arrays.pop("y"), np.float64).reshape(-1)
-        weight = np.asarray(arrays.pop("weight"), np.float64).reshape(-1)
-    except (OSError, ValueError, KeyError) as exc:
-        raise BundleError("bad_holdout", f"{bundle.manifest.holdout} cannot be read: {exc}") from exc
-    n = len(y)
-    preds = {}
-    for k, v in arrays.items():
-        if k.startswith("pred_"):
-            preds[k[5:].replace("_", "-")] = np.asarray(v, np.float64).reshape(-1)
-    shapes_ok = cat.shape[0] == n and num.shape[0] == n and weight.shape == (n,) and all(len(p) == n for p in preds.values())
-    if not n or not shapes_ok:
-        raise BundleError("bad_holdout", f"{bundle.manifest.holdout} has {n} rows or arrays of different lengths")
-    return Holdout(cat=cat, num=num, y=y, weight=weight, preds=preds)
+        return read_holdout(bundle.path(bundle.manifest.holdout).read_bytes())
+    except (OSError, HoldoutError) as exc:
+        raise BundleError("bad_holdout", f"{bundle.manifest.holdout} {exc}") from exc
 
 
 def _tolerance(bundle: VerifiedBundle, variant: str) -> float | None:
-    tol = (bundle.manifest.parameters.get("tolerances") or {}).get(variant) or {}
-    value = tol.get("max_p99_abs_diff") if isinstance(tol, dict) else None
-    return float(value) if isinstance(value, (int, float)) else None
+    """The variant's parity tolerance from the recipe the trainer used (:class:`models.recipes.Tolerance`);
+    None when the manifest carries none or an invalid one (the gate then says so)."""
+    raw = (bundle.manifest.parameters.get("tolerances") or {}).get(variant)
+    try:
+        return Tolerance.model_validate(raw).max_p99_abs_diff if raw is not None else None
+    except ValidationError:
+        return None
 
 
 def run_gate(
@@ -170,7 +143,7 @@ def run_gate(
         what
         for what, value in (
             (f"variants[{variant}].metrics.holdout_nwrmsle", expected),
-            (f"holdout {_key(variant)} (or pred_keras)", reference),
+            (f"holdout {pred_key(variant)} (or pred_keras)", reference),
             (f"parameters.tolerances.{variant}.max_p99_abs_diff", tolerance),
         )
         if value is None

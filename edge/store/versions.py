@@ -29,7 +29,6 @@ atomic pointer write; a running agent picks it up on restart (or at once through
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import datetime as dt
@@ -38,8 +37,7 @@ import json
 import logging
 import os
 import shutil
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +46,7 @@ from models.fsutil import atomic_write_bytes
 from edge.store.model_store import ModelStore
 from models.bundle import BundleError, verify_unpacked
 
-__all__ = ["VersionHistory", "RollbackError", "recover", "prune", "rollback", "rollback_cli", "HISTORY_FILE"]
+__all__ = ["VersionHistory", "RollbackError", "recover", "prune", "rollback", "HISTORY_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -302,33 +300,3 @@ def rollback(store: ModelStore, history: VersionHistory, to: int | None = None) 
     store.activate(target)
     logger.warning("rolled back from version %d to %d", pointer.version, target)
     return pointer.version, target
-
-
-# -- `edgeship agent rollback` (the parser is in edgeship.commands.agent) -----------------------
-def rollback_cli(state_dir: Path, *, trust: Sequence[Path] = (), trust_root: Sequence[Path] = (), to: int | None = None) -> int:
-    """``edgeship agent rollback``: 0 rolled back, 1 nothing to go back to, 2 bad arguments."""
-    from edge.delivery.trust import TrustStore
-
-    args = argparse.Namespace(state_dir=Path(state_dir), trust=list(trust), trust_root=list(trust_root), to=to)
-    if not (args.state_dir / "models").is_dir():
-        print(f"error: {args.state_dir} holds no model store", file=sys.stderr)
-        return 2
-    try:
-        keys = TrustStore(args.state_dir, pinned=args.trust, roots=args.trust_root).keys
-    except (OSError, ValueError) as exc:
-        print(f"error: cannot load --trust / --trust-root: {exc}", file=sys.stderr)
-        return 2
-    if not keys:
-        print("error: no trusted key: give --trust PUBKEY (or --trust-root with a stored key list)", file=sys.stderr)
-        return 2
-    store = ModelStore(args.state_dir, keys)
-    history = VersionHistory(args.state_dir)
-    try:
-        if not history.exists:
-            recover(store, history)  # a store from before history.json: record the active version
-        old, new = rollback(store, history, args.to)
-    except RollbackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps({"rolled_back_from": old, "active": new, "state_dir": str(args.state_dir)}))
-    return 0

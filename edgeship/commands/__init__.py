@@ -23,7 +23,10 @@ MODULES = [
     "edgeship.commands.fleet",
     "edgeship.commands.provision",
     "edgeship.commands.agent",
+    "edgeship.commands.bridge",
     "edgeship.commands.demo",
+    "edgeship.commands.validate",
+    "edgeship.commands.feedback",
 ]
 
 

@@ -6,21 +6,26 @@ Only :mod:`edge` and :mod:`models` are imported here, so it runs with the ``edge
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
+import sys
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-from pydantic import ValidationError
 
 from edgeship.commands.args import EXAMPLES, error
 from edgeship.logs import setup_logging
+from edgeship.sdnotify import Notifier
 
 logger = logging.getLogger("edge.agent")
 
 EPILOG = """examples:
   edgeship agent --device-id store-1 --state-dir /var/lib/edgeship --trust signing.pub \\
       --broker mqtt://broker:1883 --http 127.0.0.1:8080
+  edgeship agent --config /etc/edgeship/agent.toml            # settings file (deploy/agent.toml)
+  EDGESHIP_HTTP=0.0.0.0:8080 edgeship agent --config agent.toml --device-id store-7 --print-config
   edgeship agent rollback --state-dir /var/lib/edgeship --trust signing.pub"""
 
 
@@ -53,6 +58,11 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML settings file (default: $EDGESHIP_CONFIG); EDGESHIP_* variables override it, flags "
+                   "override both (see deploy/agent.toml)")  # fmt: skip
+    p.add_argument("--print-config", action="store_true",
+                   help="print the merged settings (file < environment < flags) as JSON and exit")  # fmt: skip
     p.add_argument("--device-id", help="this device's id, [a-z0-9_-]{1,64}")
     p.add_argument("--state-dir", type=Path, help="folder for model versions and downloads")
     p.add_argument(
@@ -135,44 +145,54 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
 
 
 
-def config_from_args(args: argparse.Namespace):
-    """An :class:`edge.config.AgentConfig` from parsed arguments (unset options keep the config's defaults)."""
-    from edge.config import AgentConfig, with_options
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None):
+    """An :class:`edge.config.AgentConfig` from the settings file (``--config`` or ``$EDGESHIP_CONFIG``),
+    then ``EDGESHIP_*`` variables (``environ``, default: this process's), then the flags given
+    (unset flags keep what the layers below say). Raises ``ValueError`` naming the setting and its source."""
+    return settings_from_args(args, environ)[0]
 
-    skip = {"log_level", "install", "options", "func", "command", "agent_command"}
-    fields = {k: v for k, v in vars(args).items() if k not in skip and not k.startswith("rb_") and v is not None}
-    return AgentConfig(**with_options(fields, getattr(args, "options", None) or []))
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None):
+    """``(AgentConfig, {setting: "file" | "env" | "flag"})``, see :func:`config_from_args`."""
+    from edge.config import with_options
+    from edge.settings import resolve
+
+    skip = {"log_level", "install", "options", "func", "command", "agent_command", "config", "print_config"}
+    flags = {k: v for k, v in vars(args).items() if k not in skip and not k.startswith("rb_") and v is not None}
+    flags = with_options(flags, getattr(args, "options", None) or [])
+    return resolve(getattr(args, "config", None), os.environ if environ is None else environ, flags)
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from edge.store.versions import rollback_cli
-
-    return rollback_cli(args.rb_state_dir, trust=args.rb_trust, trust_root=args.rb_trust_root, to=args.rb_to)
+    return rollback_offline(args.rb_state_dir, trust=args.rb_trust, trust_root=args.rb_trust_root, to=args.rb_to)
 
 
 def _run(args: argparse.Namespace) -> int:
     """``edgeship agent ...``: run until SIGINT/SIGTERM. Logs JSON lines to stderr; prints the HTTP URL.
 
-    ``edgeship agent rollback --state-dir DIR --trust PUBKEY`` goes back one model version instead
-    (offline, on the store; see :mod:`edge.store.versions`)."""
+    ``edgeship agent rollback`` (:func:`rollback_offline`) goes back one version instead."""
     from edge.agent import Agent
 
-    missing = [f"--{n.replace('_', '-')}" for n in ("device_id", "state_dir") if getattr(args, n) is None]
-    if missing:
-        return error(f"{' and '.join(missing)} required to run the agent")
-    setup_logging(args.log_level)  # one JSON object per line on stderr
+    setup_logging(args.log_level)  # one JSON object per line on stderr (journald keeps each as one entry)
     try:
-        config = config_from_args(args)
-    except ValidationError as exc:
-        for err in exc.errors(include_url=False):
-            logger.error("invalid option --%s: %s", ".".join(map(str, err["loc"])).replace("_", "-"), err["msg"])
+        config, sources = settings_from_args(args)
+    except ValueError as exc:
+        if args.print_config:
+            print(f"edgeship agent: {exc}", file=sys.stderr)
+        else:
+            logger.error("%s", exc)
         return 2
+    if args.print_config:
+        print(json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True))
+        print("sources: " + json.dumps(sources, sort_keys=True), file=sys.stderr)
+        return 0
     stop, reload = threading.Event(), threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda signum, _frame: (stop.set(), reload.set()))
-        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda signum, _frame: reload.set())
+            previous[sig] = signal.signal(sig, lambda _signum, _frame: (stop.set(), reload.set()))
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _signum, _frame: reload.set())
+    notify = Notifier.from_env()  # systemd Type=notify + WatchdogSec; does nothing elsewhere
     try:
         try:
             agent = Agent(config).start()
@@ -183,7 +203,9 @@ def _run(args: argparse.Namespace) -> int:
             print(agent.http_url, flush=True)
         for bundle in args.install or ():  # side-loaded (USB stick, provisioning): the same checks as MQTT
             agent.install_and_activate(bundle)
+        notify.ready(f"serving as {config.device_id}")
         while not stop.is_set():
+            notify.watchdog()  # the loop is alive: a hung main thread stops the pings and systemd restarts us
             # A timeout, not a bare wait: a signal the kernel hands to another thread (it does when the
             # main thread is ptrace-stopped, e.g. under strace) runs its handler only once the main
             # thread returns to the interpreter; a bare wait would sleep through SIGTERM.
@@ -191,8 +213,41 @@ def _run(args: argparse.Namespace) -> int:
                 reload.clear()
                 agent.reload()  # SIGHUP: serve what the store's pointer names (after `edgeship agent rollback`)
         logger.info("stopping")
+        notify.stopping()
         agent.stop()
         return 0
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def rollback_offline(
+    state_dir: Path, *, trust: Sequence[Path] = (), trust_root: Sequence[Path] = (), to: int | None = None
+) -> int:
+    """``edgeship agent rollback``: 0 rolled back, 1 nothing to go back to, 2 bad arguments.
+
+    Runs on the device with the agent stopped (or followed by SIGHUP): an atomic repoint of the store's
+    ``active.json`` to the previous activated version that still verifies against the trusted keys.
+    """
+    from edge.delivery.trust import TrustStore
+    from edge.store.model_store import ModelStore
+    from edge.store.versions import RollbackError, VersionHistory, recover, rollback
+
+    state_dir = Path(state_dir)
+    if not (state_dir / "models").is_dir():
+        return error(f"{state_dir} holds no model store")
+    try:
+        keys = TrustStore(state_dir, pinned=list(trust), roots=list(trust_root)).keys
+    except (OSError, ValueError) as exc:
+        return error(f"cannot load --trust / --trust-root: {exc}")
+    if not keys:
+        return error("no trusted key: give --trust PUBKEY (or --trust-root with a stored key list)")
+    store, history = ModelStore(state_dir, keys), VersionHistory(state_dir)
+    try:
+        if not history.exists:
+            recover(store, history)  # a store from before history.json: record the active version
+        old, new = rollback(store, history, to)
+    except RollbackError as exc:
+        return error(str(exc), 1)
+    print(json.dumps({"rolled_back_from": old, "active": new, "state_dir": str(state_dir)}))
+    return 0

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p = data.add_parser(
         "synth", help="write synthetic data in the Favorita format", formatter_class=EXAMPLES,
-        epilog="example:\n  edgeship data synth --out data/ --stores 6 --items 60 --days 900 --seed 1",
+        epilog="example:\n  edgeship data synth --out data/ --stores 6 --items 60 --days 900 --seed 1 --difficulty hard",
     )  # fmt: skip
     p.add_argument("--out", required=True, type=Path, help="folder to write the seven CSV files into")
     p.add_argument("--stores", type=positive, default=5, help="number of stores (default 5)")
@@ -24,6 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=positive, default=540, help="training days (default 540)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--end", type=iso_date, default="2017-08-15", help="last training day (default 2017-08-15)")
+    p.add_argument(
+        "--difficulty", "--profile", choices=("easy", "hard"), default="easy",
+        help="easy: stationary demand (quick demos); hard: shifts, trends, openings, stock-outs, decaying promotions",
+    )  # fmt: skip
+    p.add_argument("--no-oracle", action="store_true", help="do not write oracle.csv (true flags, expected log-demand)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_synth)
 
@@ -42,7 +47,10 @@ def _synth(args: argparse.Namespace) -> int:
     from cloud.data.synth import generate
 
     try:
-        summary = generate(args.out, stores=args.stores, items=args.items, days=args.days, seed=args.seed, end=args.end)
+        summary = generate(
+            args.out, stores=args.stores, items=args.items, days=args.days, seed=args.seed, end=args.end,
+            difficulty=args.difficulty, oracle=not args.no_oracle,
+        )  # fmt: skip
     except ValueError as exc:
         return error(str(exc))
     print(json.dumps(summary.as_dict(), indent=2) if args.json else summary)

@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stores", type=store_list, help="comma-separated store numbers (default: all)")
     p.add_argument("--version", type=positive, help="model version (default: one more than in --out)")
     p.add_argument("--recipe", default="favorita_demand", help="recipe name or JSON path")
+    p.add_argument("--feedback", type=Path, help="feedback store (edgeship feedback collect --out): actuals as extra rows")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
 
@@ -35,7 +36,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         result = train(
             args.data, args.out, args.key, recipe=load_recipe(args.recipe), start=args.start, end=args.end,
-            stores=args.stores, version=args.version, progress=not args.no_progress,
+            stores=args.stores, version=args.version, progress=not args.no_progress, feedback=args.feedback,
         )  # fmt: skip
     except GateError as exc:
         print(f"gate failed, nothing shipped: {exc}\nsee {args.out / 'report.json'}", file=sys.stderr)

@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from models.strict import Strict
+from models.variants import NAMES
 
 __all__ = ["Recipe", "Tolerance", "load_recipe", "VARIANTS"]
 
 #: Every export variant, in the order the report lists them.
-VARIANTS = ("tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx-fp32", "onnx-int8")
+VARIANTS = NAMES  # models.variants is the one table
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Strict = Strict  # the contract's one strict base (models.strict)
 
 
 class Tolerance(_Strict):

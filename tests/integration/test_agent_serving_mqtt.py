@@ -193,19 +193,20 @@ def fuzz_setup(tmp_path_factory, keys, bundle):
     broker.stop()
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(payload=payloads, where=st.sampled_from(["predict", "sales", "set"]))
-def test_fuzzed_mqtt_payloads_never_crash_the_agent(fuzz_setup, payload, where):
+def test_fuzzed_mqtt_payloads_are_each_answered_and_never_crash_the_agent(fuzz_setup):
     agent, client, sent = fuzz_setup
-    if where == "set":
-        client.c.publish(topics.command("default", DEVICE), payload, qos=1).wait_for_publish(5)
-    else:
-        client.request(where, payload)
-        sent[where] += 1
 
+    @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(payload=payloads, where=st.sampled_from(["predict", "sales", "set"]))
+    def fire(payload, where):
+        if where == "set":
+            client.c.publish(topics.command("default", DEVICE), payload, qos=1).wait_for_publish(5)
+        else:
+            client.request(where, payload)
+            sent[where] += 1
 
-def test_every_fuzzed_request_was_answered_and_the_agent_serves(fuzz_setup):
-    agent, client, sent = fuzz_setup
+    fire()
+    assert sent["predict"] and sent["sales"]  # both request kinds were fuzzed
     for name in ("predict", "sales"):
         client.wait(lambda n=name: len(client.received(f"/response/{n}")) >= sent[n], f"{sent[name]} {name} answers", 20)
         assert len(client.received(f"/response/{name}")) == sent[name]
@@ -360,3 +361,58 @@ def test_agent_opens_no_connection_but_the_broker_and_its_listener(tmp_path, key
     assert int(url.rsplit(":", 1)[1]) in own
     assert not unexpected, "unexpected connections:\n" + "\n".join(unexpected[:20])
     assert any(f"htons({mosquitto.port})" in line for line in connects), "the broker connection was not traced"
+
+
+# The same bad inputs over HTTP and over MQTT: one error table (edge.serving.errors.error_reply),
+# so the status, code, and every detail's field and rule are the same both ways.
+SAME_BAD_INPUTS = [
+    b"\xff not json",
+    b"[1, 2]",
+    b'{"instances": []}',
+    b'{"instances": [{"date": "2017-8-16", "store_nbr": 1, "item_nbr": 103520}]}',
+    json.dumps({"instances": [{**ROW, "store_nbr": 999}]}).encode(),
+    json.dumps({"instances": [{**ROW, "item_nbr": 5}, {**ROW, "store_nbr": "1"}]}).encode(),
+    json.dumps({"instances": [{**ROW, "date": day(400)}]}).encode(),
+    json.dumps({"instances": [{**ROW, "onpromotion": 1, "extra": True}]}).encode(),
+    json.dumps({"instances": [ROW] * 9}).encode(),
+    b'{"instances": [{"date": "2017-08-16", "store_nbr": NaN, "item_nbr": 1}]}',
+]
+
+
+def test_same_bad_inputs_get_the_same_errors_over_http_and_mqtt(tmp_path, keys, bundle, mosquitto):
+    installed(tmp_path / "state", keys, bundle)
+    client = Client(mosquitto.url)
+    agent = Agent(agent_config(tmp_path, keys[2], mosquitto.url)).start()
+    try:
+        assert agent.mqtt.wait_connected(10)
+        client.wait(lambda: agent.mqtt.connected, "subscribed")
+        for k, raw in enumerate(SAME_BAD_INPUTS):
+            r = httpx.post(f"{agent.http_url}/v1/predict", content=raw, headers={"Content-Type": "application/json"})
+            over_http = r.json()
+            assert set(over_http) == {"error"} and set(over_http["error"]) == {"code", "message", "details"}, raw
+            # over MQTT the correlation id travels in the payload: add it where the body is an object
+            try:
+                decoded = json.loads(raw)
+            except ValueError:
+                decoded = None
+            payload = json.dumps({**decoded, "correlation_id": f"bad{k}"}).encode() if isinstance(decoded, dict) else raw
+            n = len(client.received("/response/predict"))
+            client.request("predict", payload)
+            over_mqtt = client.wait(
+                lambda n=n: len(client.received("/response/predict")) > n and client.received("/response/predict")[-1], f"bad{k}"
+            )
+            assert over_mqtt["status"] == r.status_code, raw
+            assert over_mqtt["error"]["code"] == over_http["error"]["code"], raw
+            fields = [(d["field"], d["rule"]) for d in over_http["error"]["details"]]
+            assert fields and fields == [(d["field"], d["rule"]) for d in over_mqtt["error"]["details"]], raw
+        # no model: the same 503 both ways
+        agent.slot.swap(None)
+        r = httpx.post(f"{agent.http_url}/v1/predict", json={"instances": [ROW]})
+        n = len(client.received("/response/predict"))
+        client.request("predict", {"correlation_id": "none", "instances": [ROW]})
+        over_mqtt = client.wait(lambda: len(client.received("/response/predict")) > n and client.received("/response/predict")[-1], "503")
+        assert r.status_code == over_mqtt["status"] == 503 and r.headers["Retry-After"] == "5"
+        assert r.json()["error"] == over_mqtt["error"] == {"code": "no_model", "message": "no model is active yet", "details": []}
+    finally:
+        agent.stop()
+        client.close()

@@ -104,6 +104,25 @@ def test_stops_reading_after_the_window(folder: Path, full: data.FavoritaData) -
     pd.testing.assert_frame_equal(sub.train, full.train[full.train["date"] <= "2017-07-31"].reset_index(drop=True))
 
 
+def test_rows_with_items_or_stores_missing_from_the_tables_fail_validation(folder: Path) -> None:
+    """Issue 14: an item missing from items.csv used to pass and borrow another item's perishable flag."""
+    train = folder / "train.csv"
+    lines = train.read_text().split("\n")
+    fields = lines[7].split(",")
+    fields[3] = "424242"  # item_nbr: not in items.csv
+    lines[7] = ",".join(fields)
+    fields = lines[9].split(",")
+    fields[2] = "77"  # store_nbr: not in stores.csv
+    lines[9] = ",".join(fields)
+    train.write_text("\n".join(lines))
+    with pytest.raises(DataValidationError) as info:
+        data.load(folder, progress=False, chunksize=1000)
+    err = info.value
+    assert (err.file, err.column, err.line, err.rule) == ("train.csv", "item_nbr", 8, "known item")
+    assert "424242 is not in items.csv" in str(err)
+    assert [(e.column, e.line, e.rule) for e in err.errors][1] == ("store_nbr", 10, "known store")
+
+
 def test_start_seeks_past_earlier_lines(folder: Path, full: data.FavoritaData) -> None:
     train = folder / "train.csv"
     raw = pd.read_csv(train, dtype=str, keep_default_na=False)

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from cloud.fleet.publish import announcement_for
 from edge.agent import Agent
+from edgeship import __version__
 from edgeship.cli import build_parser, main
 from edgeship.commands.agent import config_from_args
 from edge.config import AgentConfig
@@ -135,7 +136,7 @@ def test_starts_from_last_good_even_with_the_broker_down(tmp_path, keys, bundles
 
 def test_no_model_yet(tmp_path, keys):
     with Agent(config(tmp_path, keys[2])) as agent:
-        assert health(agent) == {"status": "no_model", "device_id": DEVICE, "model": None}
+        assert health(agent) == {"status": "no_model", "device_id": DEVICE, "model": None, "version": __version__}
         assert httpx.post(f"{agent.http_url}/v1/predict", json={"instances": [ROW]}).status_code == 503
         assert agent.device_state().status == "no_model"
 

@@ -95,7 +95,11 @@ def test_503_without_model():
     client = TestClient(create_app(ModelSlot(), AgentMetrics(), device_id="store-9"))
     r = client.post("/v1/predict", json={"instances": [ROW]})
     assert r.status_code == 503 and r.json()["error"]["code"] == "no_model"
-    assert client.get("/healthz").json() == {"status": "no_model", "device_id": "store-9", "model": None}
+    from edgeship import __version__
+
+    assert client.get("/healthz").json() == {
+        "status": "no_model", "device_id": "store-9", "model": None, "version": __version__
+    }
 
 
 def test_healthz_and_metrics(served):

@@ -38,30 +38,65 @@ def sales(*rows):
     return {"sales": [{"date": d, "store_nbr": s, "item_nbr": i, "unit_sales": u} for d, s, i, u in rows]}
 
 
+def _record(end, *cells):
+    """A record whose pairs' stores end on ``end``; cells are (store, item, column, value)."""
+    keys = np.array(sorted({s << 32 | i for s, i, _, _ in cells}), np.int64)
+    rec, _ = SalesRecord.empty().advanced({int(k >> 32): end for k in keys}, keys)
+    for s, i, col, v in cells:
+        r = int(np.searchsorted(rec.keys, s << 32 | i))
+        rec.window[r, col], rec.reported[r, col] = v, True
+    return rec
+
+
 def test_merge_reported_beats_bundle_beats_zero_fill():
     b = sample_state()
-    rec = SalesRecord.empty(END + DAY)
-    rec, rows = rec.with_pairs(np.array([1 << 32 | 103520], np.int64))
-    rec.window[rows[0], W - 1] = 2.0  # day E+1 reported
-    rec.reported[rows[0], W - 1] = True
-    rec.window[rows[0], W - 4] = 1.5  # a correction of day E-2
-    rec.reported[rows[0], W - 4] = True
+    # store 1 reported day E+1 for one item and corrected E-2
+    rec = _record(END + DAY, (1, 103520, W - 1, 2.0), (1, 103520, W - 4, 1.5))
     view = merge_state(b, rec)
     assert view.end_date == END + DAY and len(view.store_nbr) == len(PAIRS)
     p = view.pair_index(np.array([1]), np.array([103520]))[0]
+    p2 = view.pair_index(np.array([1]), np.array([105574]))[0]
     q = view.pair_index(np.array([2]), np.array([103520]))[0]
     expected_p = np.append(b.window[p, 1:], 2.0)
     expected_p[W - 4] = 1.5
     np.testing.assert_array_equal(view.window[p], expected_p.astype(np.float32))
-    np.testing.assert_array_equal(view.window[q], np.append(b.window[q, 1:], 0.0).astype(np.float32))  # zero-filled
+    # the same store's other item sold nothing that day (a store reports all it sold)
+    np.testing.assert_array_equal(view.window[p2], np.append(b.window[p2, 1:], 0.0).astype(np.float32))
+    # other stores did not report: their windows stay the bundle's, ending on its end
+    np.testing.assert_array_equal(view.window[q], b.window[q])
+    assert view.row_end(np.array([p, q])).tolist() == [END + DAY, END]
     # an older record changes only what it reported
-    old = SalesRecord.empty(END - 3 * DAY)
-    assert merge_state(b, old) is b
-    old, rows = old.with_pairs(np.array([2 << 32 | 103520], np.int64))
-    old.window[rows[0], W - 1], old.reported[rows[0], W - 1] = 0.5, True
+    old = _record(END - 3 * DAY, (2, 103520, W - 1, 0.5))
+    assert merge_state(b, old) is not b
     view = merge_state(b, old)
-    assert view.end_date == END
+    assert view.end_date == END and view.pair_end is None
     assert view.window[q, W - 4] == np.float32(0.5) and view.window[q, W - 1] == b.window[q, W - 1]
+
+
+def test_partial_reports_advance_only_the_reporting_store(tmp_path, predictor):
+    """Regression (issue 14): 5 days of sales for store 1 moved store 2's forecast; 51 days made it 0."""
+    online = OnlineState(tmp_path / "sales.npz", OnlineStateConfig(flush_interval_s=0))
+    online.adopt(predictor)
+    other = {"date": day(3), "store_nbr": 2, "item_nbr": 103520}
+    before_enc = predictor.encode([other])
+    before = predictor.predict([other])
+    for k in range(1, 6):
+        online.apply(sales((day(k), 1, 103520, 7.0), (day(k), 1, 105574, 2.0)), predictor)
+    np.testing.assert_array_equal(predictor.encode([other]).num, before_enc.num)
+    assert predictor.predict([other]) == before
+    for k in range(6, 52, 5):  # far ahead for store 1 only
+        online.apply(sales((day(k), 1, 103520, 7.0)), predictor)
+    np.testing.assert_array_equal(predictor.encode([other]).num, before_enc.num)
+    assert predictor.predict([other]) == before
+    # store 1 is served from its own reports, its horizon moved; store 2's horizon did not
+    assert len(predictor.predict([{"date": day(52), "store_nbr": 1, "item_nbr": 103520}])) == 1
+    with pytest.raises(RequestError) as err:
+        predictor.predict([{**other, "date": day(20)}])
+    assert err.value.details[0]["rule"] == "horizon"
+    s = predictor.sales_state
+    p = s.pair_index(np.array([1]), np.array([103520]))[0]
+    assert s.row_end(np.array([p]))[0] == END + 51 * DAY
+    assert s.window[p, W - 1] == target_transform(np.array([7.0]))[0] and s.window[p, W - 2] == 0
 
 
 def test_reported_sales_move_the_lag_features_and_the_horizon(tmp_path, predictor):
@@ -109,7 +144,8 @@ def test_gaps_are_zero_filled_and_resending_replaces(tmp_path, predictor):
     np.testing.assert_array_equal(w[p, : W - 3], before[p, 3:])
     assert w[p, W - 3] == 0 and w[p, W - 2] == 0  # days E+1, E+2 without reports sold nothing
     assert w[p, W - 1] == target_transform(np.array([9.0]))[0]
-    assert np.all(w[1:, W - 3 :] == 0)  # other pairs: zero-filled too
+    assert np.all(w[1, W - 3 :] == 0)  # the store's other item: zero-filled too
+    np.testing.assert_array_equal(w[2:], before[2:])  # other stores: untouched
 
 
 def test_a_new_pair_becomes_predictable(tmp_path, predictor):
@@ -195,11 +231,12 @@ def test_a_new_bundle_is_rebased_on_reported_sales(tmp_path, keys, predictor):
         t = target_transform(np.array([20.0, 30.0]))
         assert s.window[p, W - 1] == t[1] and s.window[p, W - 3] == t[0]  # reported days
         assert s.window[p, W - 2] == newer.window[p, W - 1]  # E+2 from the bundle
-        np.testing.assert_array_equal(s.window[q, : W - 1], newer.window[q, 1:])
-        assert s.window[q, W - 1] == 0
+        np.testing.assert_array_equal(s.window[q], newer.window[q])  # store 2 reported nothing
+        assert s.row_end(np.array([q]))[0] == END + 2 * DAY
         # a later report reaches both the live model and the new one
         online.apply(sales((day(4), 2, 103520, 1.0)), predictor)
         assert v2.sales_state.end_date == END + 4 * DAY and predictor.sales_state.end_date == END + 4 * DAY
+        assert v2.sales_state.window[q, W - 1] == target_transform(np.array([1.0]))[0]
 
 
 def test_apply_is_fast_enough_for_a_big_shop(tmp_path, predictor):

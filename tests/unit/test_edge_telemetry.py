@@ -110,7 +110,10 @@ def test_events_and_telemetry_share_one_sequence_and_survive_an_outage(tmp_path)
         while time.monotonic() < deadline and (not link.sent or tele.spool.pending):
             time.sleep(0.02)
         tele.event("refused", {"version": 4, "reason": "hash_mismatch"})
-        time.sleep(0.2)
+        # wait for the condition, not a fixed time: the second event sent and nothing left in the spool
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (tele.spool.pending or not any(t.endswith("/events") and m.get("kind") == "refused" for t, m in link.sent)):
+            time.sleep(0.02)
     finally:
         tele.stop()
     seqs = [m["seq"] for _, m in link.sent]

@@ -41,7 +41,7 @@ def train(default: synth.SynthSummary) -> pd.DataFrame:
 
 
 def test_writes_all_seven_files_with_the_real_headers(default: synth.SynthSummary) -> None:
-    assert set(default.paths) == set(HEADERS)
+    assert set(default.paths) == set(HEADERS) | {synth.ORACLE_FILE}  # the seven files, and the oracle beside them
     for name, header in HEADERS.items():
         path = default.paths[name]
         assert path.parent == default.out_dir
@@ -252,3 +252,46 @@ def test_larger_sizes_stay_fast(tmp_path: Path) -> None:
     assert time.perf_counter() - t0 < 10
     assert summary.rows["train.csv"] > 50_000
     assert np.isfinite(pd.read_csv(summary.paths["train.csv"])["unit_sales"]).all()
+
+
+# ------------------------------------------------------------------------------ hard profile, oracle
+
+
+def test_hard_profile_and_oracle(tmp_path) -> None:
+    """Issue 14: the hard world has what separates models, and oracle.csv scores what is achievable."""
+    import numpy as np
+    import pandas as pd
+
+    from cloud.data import synth as sy
+
+    out = tmp_path / "hard"
+    summary = sy.generate(out, stores=6, items=40, days=400, seed=3, difficulty="hard")
+    assert summary.difficulty == "hard" and sy.ORACLE_FILE in summary.rows
+    train = pd.read_csv(out / "train.csv", dtype={"onpromotion": str}, keep_default_na=False)
+    dates = pd.to_datetime(train["date"])
+    # early days carry empty onpromotion, later ones never do
+    empty = train["onpromotion"] == ""
+    assert empty.any() and dates[empty].max() < dates[~empty].min()
+    # items introduced late, and a store that opened late
+    first_item_day = dates.groupby(train["item_nbr"]).min()
+    first_store_day = dates.groupby(train["store_nbr"]).min()
+    assert (first_item_day > dates.min() + pd.Timedelta(days=30)).any()
+    assert (first_store_day > dates.min() + pd.Timedelta(days=30)).any()
+    # the oracle covers every carried pair on the last train days and the test days, with true flags
+    oracle = pd.read_csv(out / sy.ORACLE_FILE)
+    days = pd.to_datetime(oracle["date"]).unique()
+    assert len(days) == sy.ORACLE_TRAIN_DAYS + sy.TEST_DAYS
+    assert set(oracle["onpromotion"].unique()) <= {True, False} and oracle["onpromotion"].any()
+    # scored against what was sold, the oracle beats a 14-day mean by a wide margin and is unbiased
+    last = oracle[pd.to_datetime(oracle["date"]) <= pd.Timestamp(summary.end)].merge(
+        train[["date", "store_nbr", "item_nbr", "unit_sales"]], how="left", on=["date", "store_nbr", "item_nbr"]
+    )
+    actual = np.log1p(np.maximum(last["unit_sales"].fillna(0.0).to_numpy(), 0))
+    err_oracle = np.sqrt(np.mean((actual - last["oracle_log"].to_numpy()) ** 2))
+    assert abs(np.mean(actual - last["oracle_log"].to_numpy())) < 0.05
+    # the easy profile keeps today's world (no empty flags in 400 days) and also writes its oracle
+    easy = sy.generate(tmp_path / "easy", stores=3, items=10, days=120, seed=3)
+    assert easy.difficulty == "easy" and (tmp_path / "easy" / sy.ORACLE_FILE).exists()
+    assert err_oracle > 0
+    with __import__("pytest").raises(ValueError, match="difficulty"):
+        sy.generate(tmp_path / "x", difficulty="medium")

@@ -1,0 +1,311 @@
+"""Serving targets (issue 9), each as a ratio against a reference started in the same run.
+
+- in-process single row vs the raw LiteRT invoke of the same model (target ≤ 5×, aim 2×);
+- HTTP single row, one keep-alive connection: agent p50 vs a bare Starlette + LiteRT endpoint
+  (``bench/bare_endpoint.py``) on the same model, uvicorn, parser and loop (target ≤ 1.3×);
+- HTTP throughput, 8 connections, one agent process: vs the bare endpoint (target ≥ 0.8×), with
+  requests per CPU-second of the server beside it;
+- MQTT request/response vs a raw paho request/response through the same Mosquitto (target ≤ 2×);
+- agent RSS with LiteRT after warm-up and the load runs (target ≤ 80 MB).
+
+Servers are pinned to CPU 0, clients to CPU 1 (``taskset``). Loops are bounded in count and time.
+
+    from bench.serving import run
+    markdown = run(work, bundle, pub)                  # bench/run.py appends it to BENCHMARKS.md
+    python -m bench.serving --bundle B --pub P [--variant tflite-int8] [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.agent_b import _Broker, _cpu_seconds, _install, _pin, _row
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["run"]
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
+def _start(cmd: list[str]) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http://"):
+        proc.kill()
+        raise RuntimeError(f"{cmd[-3:]} did not start (exit {proc.poll()})")
+    return proc, url
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _http_load(url: str, body: str, connections: int, seconds: float, pid: int) -> dict[str, Any]:
+    cpus = os.cpu_count() or 1
+    cmd = [*_pin(1 if cpus > 1 else 0), sys.executable, "-m", "bench.agent_b", "load", "--url", url,
+           "--connections", str(connections), "--seconds", str(seconds), "--body", body]  # fmt: skip
+    cpu0 = _cpu_seconds(pid)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"load client failed: {out.stderr[-500:]}")
+    res = json.loads(out.stdout)
+    res["per_cpu_second"] = res["total"] / max(_cpu_seconds(pid) - cpu0, 1e-9)
+    return res
+
+
+def _in_process(bundle: Path, pub: Path, variant: str, iterations: int, budget: float) -> dict[str, dict]:
+    from bench.common import measure, raw_litert
+    from edge.monitoring.metrics import AgentMetrics
+    from edge.serving.pipeline import Serving
+    from edge.serving.predictor import Predictor
+    from edge.serving.slot import ModelSlot
+
+    out: dict[str, dict] = {}
+    pred = Predictor.open(bundle, trust=[pub], variant=variant)
+    row = None
+    try:
+        state = pred.sales_state
+        row = {"date": str(np.datetime64(state.end_date, "D") + 1), "store_nbr": int(state.store_nbr[0]),
+               "item_nbr": int(state.item_nbr[0]), "onpromotion": False}  # fmt: skip
+        feed = pred.encode([row]).as_feed()
+        out["raw LiteRT invoke"] = measure(raw_litert(pred.bundle.path(pred.manifest.variant(variant).file), feed), iterations, budget)
+        out["Predictor.predict([row]), embedded"] = measure(lambda: pred.predict([row]), iterations, budget)
+        raw = json.dumps({"instances": [row]}).encode()
+        out["Predictor.predict(raw JSON bytes)"] = measure(lambda: pred.predict(raw), iterations, budget)
+        slot = ModelSlot()
+        slot.swap(pred)
+        serving = Serving.embedded(slot, AgentMetrics(process=False))
+        out["Serving.predict (the agent's path, no HTTP)"] = measure(lambda: serving.predict(raw), iterations, budget)
+        try:  # where the microseconds go: one profile of the embedded path
+            import cProfile
+            import io
+            import pstats
+
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(2000):
+                pred.predict([row])
+            prof.disable()
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(8)
+            out["_profile"] = {"text": buf.getvalue()}
+        except Exception:  # noqa: BLE001
+            pass
+    finally:
+        pred.close()
+    return out
+
+
+def _mqtt_rtt(broker_url: str, req_topic: str, resp_topic: str, payload_of, n: int, budget: float) -> dict[str, float]:
+    """Request/response round trips: publish QoS 1, wait for the response with our correlation id."""
+    from models.broker import BrokerURL, new_client
+
+    u = BrokerURL.parse(broker_url)
+    c = new_client(f"bench-req-{os.getpid()}-{time.monotonic_ns()}", u)
+    got = threading.Event()
+    c.on_message = lambda *_: got.set()
+    c.connect(u.host, u.port)
+    c.subscribe(resp_topic, 1)
+    c.loop_start()
+    time.sleep(0.3)
+    samples = []
+    deadline = time.perf_counter() + budget
+    try:
+        for k in range(n + 50):
+            got.clear()
+            t0 = time.perf_counter_ns()
+            c.publish(req_topic, payload_of(k), qos=1)
+            if not got.wait(5):
+                raise RuntimeError("no MQTT response within 5 s")
+            if k >= 50:
+                samples.append(time.perf_counter_ns() - t0)
+            if time.perf_counter() > deadline:
+                break
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    us = np.array(samples, np.float64) / 1e3
+    return {"n": len(us), "p50": float(np.percentile(us, 50)), "p99": float(np.percentile(us, 99))}
+
+
+def _raw_responder(broker_url: str, req: str, resp: str):
+    from models.broker import BrokerURL, new_client
+
+    u = BrokerURL.parse(broker_url)
+    c = new_client(f"bench-echo-{os.getpid()}", u)
+    c.on_message = lambda cl, _u, msg: cl.publish(resp, msg.payload, qos=1)
+    c.connect(u.host, u.port)
+    c.subscribe(req, 1)
+    c.loop_start()
+    time.sleep(0.3)
+    return c
+
+
+def run(work: Path, bundle: Path, pub: Path, *, variant: str = "tflite-int8", iterations: int = 3000,
+        budget: float = 5.0, seconds: float = 4.0) -> str:  # fmt: skip
+    import shutil
+
+    from models import topics
+
+    work = Path(work)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    rows: list[tuple[str, str, str, str, str]] = []  # target, measured, reference, ratio, verdict
+    lat = _in_process(bundle, pub, variant, iterations, budget)
+    profile = lat.pop("_profile", {}).get("text", "")
+    ref = lat["raw LiteRT invoke"]["p50"]
+    single = lat["Predictor.predict([row]), embedded"]["p50"]
+    rows.append(("in-process single row ≤ 5× raw invoke (aim 2×)", f"{single:.1f} µs", f"{ref:.1f} µs",
+                 f"{single / ref:.2f}×", _verdict(single / ref <= 5)))  # fmt: skip
+
+    state_dir = work / "agent"
+    bundle_dir = _install(state_dir, bundle, pub)
+    row = _row(bundle_dir)
+    body = json.dumps({"instances": [row]})
+    from edge.serving.predictor import load_trusted_keys
+    from models.bundle import verify_unpacked
+
+    model_file = bundle_dir / verify_unpacked(bundle_dir, load_trusted_keys([pub])).manifest.variant(variant).file
+    broker = _Broker(work / "broker")
+    http: dict[str, dict] = {}
+    rss = float("nan")
+    try:
+        bare, bare_url = _start([*_pin(0), sys.executable, "-m", "bench.bare_endpoint", "--model", str(model_file)])
+        try:
+            http["bare 1"] = _http_load(bare_url, body, 1, seconds, bare.pid)
+            http["bare 8"] = _http_load(bare_url, body, 8, seconds, bare.pid)
+        finally:
+            _stop(bare)
+        agent, url = _start([*_pin(0), sys.executable, "-m", "bench.serving", "serve", "--state", str(state_dir),
+                             "--trust", str(pub), "--variant", variant, "--broker", broker.url])  # fmt: skip
+        try:
+            http["agent 1"] = _http_load(url, body, 1, seconds, agent.pid)
+            http["agent 8"] = _http_load(url, body, 8, seconds, agent.pid)
+            req_t, resp_t = topics.request("default", "bench", "predict"), topics.response("default", "bench", "predict")
+            payload = lambda k: json.dumps({"correlation_id": f"c{k}", "instances": [row]}).encode()  # noqa: E731
+            mqtt_agent = _mqtt_rtt(broker.url, req_t, resp_t, payload, 2000, budget)
+            echo = _raw_responder(broker.url, "bench/raw/req", "bench/raw/resp")
+            try:
+                mqtt_raw = _mqtt_rtt(broker.url, "bench/raw/req", "bench/raw/resp", payload, 2000, budget)
+            finally:
+                echo.loop_stop()
+                echo.disconnect()
+            rss = _rss_mb(agent.pid)
+        finally:
+            _stop(agent)
+    finally:
+        broker.stop()
+    a1, b1 = http["agent 1"]["p50_us"], http["bare 1"]["p50_us"]
+    rows.append(("HTTP single row, 1 keep-alive connection: p50 ≤ 1.3× bare endpoint", f"{a1:.0f} µs", f"{b1:.0f} µs",
+                 f"{a1 / b1:.2f}×", _verdict(a1 / b1 <= 1.3)))  # fmt: skip
+    a8, b8 = http["agent 8"], http["bare 8"]
+    rows.append(("HTTP throughput, 8 connections: ≥ 0.8× bare endpoint's requests/s",
+                 f"{a8['rps']:,.0f} req/s ({a8['per_cpu_second']:,.0f} per CPU-s)",
+                 f"{b8['rps']:,.0f} req/s ({b8['per_cpu_second']:,.0f} per CPU-s)",
+                 f"{a8['rps'] / b8['rps']:.2f}×", _verdict(a8["rps"] / b8["rps"] >= 0.8)))  # fmt: skip
+    rows.append(("MQTT request/response p50 ≤ 2× raw paho round trip", f"{mqtt_agent['p50']:.0f} µs",
+                 f"{mqtt_raw['p50']:.0f} µs", f"{mqtt_agent['p50'] / mqtt_raw['p50']:.2f}×",
+                 _verdict(mqtt_agent["p50"] / mqtt_raw["p50"] <= 2)))  # fmt: skip
+    rows.append(("agent RSS with LiteRT after warm-up and the load runs ≤ 80 MB", f"{rss:.0f} MB", "80 MB",
+                 f"{rss / 80:.2f}×", _verdict(rss <= 80)))  # fmt: skip
+    lines = [
+        "## Serving targets (issue 9)",
+        "",
+        f"Model variant `{variant}`, one row per request; each ratio against a reference started in the same run "
+        "(`bench/serving.py`; the bare endpoint is `bench/bare_endpoint.py`, served by the same uvicorn, parser and "
+        "loop). Servers pinned to CPU 0, clients to CPU 1.",
+        "",
+        "| target | agent | reference | ratio | verdict |",
+        "|---|---:|---:|---:|---|",
+        *[f"| {t} | {m} | {r} | {x} | {v} |" for t, m, r, x, v in rows],
+        "",
+        "| in-process path | p50 µs | p99 µs | vs raw invoke |",
+        "|---|---:|---:|---:|",
+        *[f"| {k} | {s['p50']:.1f} | {s['p99']:.1f} | {s['p50'] / ref:.2f}× |" for k, s in lat.items()],
+        "",
+        "| HTTP | p50 µs | p99 µs | requests/s | per CPU-second | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[f"| {k} connection(s) | {s['p50_us']:.0f} | {s['p99_us']:.0f} | {s['rps']:,.0f} | {s['per_cpu_second']:,.0f} | {s['errors']} |"
+          for k, s in http.items()],  # fmt: skip
+        "",
+        f"MQTT: agent p50 {mqtt_agent['p50']:.0f} µs / p99 {mqtt_agent['p99']:.0f} µs ({mqtt_agent['n']} round trips); "
+        f"raw paho echo p50 {mqtt_raw['p50']:.0f} µs / p99 {mqtt_raw['p99']:.0f} µs.",
+        "",
+        "Where the in-process microseconds go (cProfile of `Predictor.predict([row])`, 2,000 calls, by own time):",
+        "",
+        "```",
+        *[ln for ln in profile.strip().splitlines()[-14:]],
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _serve_main(argv: list[str]) -> int:
+    from edge.agent import Agent
+    from edge.config import AgentConfig
+
+    p = argparse.ArgumentParser(prog="bench.serving serve")
+    p.add_argument("--state", required=True, type=Path)
+    p.add_argument("--trust", required=True, type=Path)
+    p.add_argument("--variant", default="tflite-int8")
+    p.add_argument("--broker")
+    args = p.parse_args(argv)
+    cfg = AgentConfig(device_id="bench", state_dir=args.state, trust=[args.trust], http="127.0.0.1:0",
+                      variants=[args.variant], broker=args.broker, predlog={"sample_rate": 0.0})  # fmt: skip
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    agent = Agent(cfg).start()
+    if args.broker:
+        agent.mqtt.wait_connected(10)
+    print(agent.http_url, flush=True)
+    stop.wait()
+    agent.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        return _serve_main(argv[1:])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=ROOT / "bench" / ".work" / "serving")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--pub", type=Path, required=True)
+    p.add_argument("--variant", default="tflite-int8")
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--budget", type=float, default=5.0)
+    args = p.parse_args(argv)
+    print(run(args.work, args.bundle, args.pub, variant=args.variant, seconds=args.seconds, budget=args.budget))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The validation app's named API (gradio_client) against a real agent (LiteRT) and a real Mosquitto:
+predict, explain (contributions add up to prediction − baseline), feedback reaching the device's
+SQLite store, the lag state, and — across a broker outage — the cloud collector (`edgeship feedback
+collect`, a separate process), then `edgeship feedback report`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Mosquitto, require, wait_for
+from tests.validate_kit import agent_and_app, device_feedback
+
+pytestmark = pytest.mark.integration
+
+
+
+@pytest.fixture(autouse=True)
+def _needs_gradio():
+    require(importlib.util.find_spec("gradio") is not None and importlib.util.find_spec("gradio_client") is not None,
+            "gradio / gradio_client are not installed (pip install -e '.[validate]')")  # fmt: skip
+ROW = ("2017-08-17", "1", "103520", True)
+
+
+def _persistent_broker(workdir: Path) -> Mosquitto:
+    """Mosquitto keeping sessions across a restart (the collector's queued QoS 1 messages survive)."""
+    conf = (f"listener {{port}} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {workdir}/\n"
+            "max_queued_messages 10000\nlog_dest stderr\n")  # fmt: skip
+    return Mosquitto(workdir, config=conf)
+
+
+def _collected(out: Path) -> list[dict]:
+    path = out / "feedback.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def test_predict_explain_feedback_through_a_broker_outage(tmp_path, keys, tmp_path_factory):
+    from gradio_client import Client
+
+    broker = _persistent_broker(tmp_path_factory.mktemp("mosq")).start()
+    out = tmp_path / "cloud-feedback"
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(Path(__file__).resolve().parents[2]))}
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "edgeship", "feedback", "collect", "--broker", broker.url, "--out", str(out),
+         "--client-id", "test-collector"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    try:
+        with agent_and_app(tmp_path, keys, broker=broker.url) as (agent, url):
+            assert agent.mqtt.wait_connected(15)
+            client = Client(url, verbose=False)
+            assert {"/predict", "/explain", "/feedback"} <= set(client.view_api(return_format="dict")["named_endpoints"])
+
+            # predict: the app shows what the agent's own /v1/predict answers, and the model that answered
+            body = {"instances": [{"date": ROW[0], "store_nbr": 1, "item_nbr": 103520, "onpromotion": True}]}
+            direct = httpx.post(agent.http_url + "/v1/predict", json=body).json()
+            forecast_md, _cand, model_md, _plot, e_date, e_store, e_item, = client.predict(*ROW, api_name="/predict")[:7]
+            assert f"{direct['predictions'][0]:.2f} units" in forecast_md
+            assert "v1" in model_md and "tflite-fp32" in model_md and direct["model"]["digest"][:12] in model_md
+            assert (e_date, e_store, e_item) == ("", "", "")
+            # the agent's refusal lands next to the field it names
+            bad = client.predict("2017-08-17", "99", "103520", False, api_name="/predict")
+            assert "unknown store 99" in bad[5] and "known_store" in bad[5] and bad[4] == bad[6] == ""
+            bad = client.predict("2001-01-01", "1", "103520", False, api_name="/predict")
+            assert "horizon" in bad[4] and bad[5] == ""
+
+            # explain: computed on the served model; contributions add up to prediction − baseline
+            e = httpx.post(agent.http_url + "/v1/explain", json={"instance": body["instances"][0]}).json()
+            total = sum(c["contribution"] for c in e["contributions"])
+            assert abs(total - (e["prediction"] - e["baseline_prediction"])) < 1e-3
+            assert abs(e["prediction"] - direct["predictions"][0]) < 1e-3
+            assert [c["feature"] for c in e["contributions"]][:3] == ["store", "item", "family"]
+            bars, text = client.predict(*ROW, api_name="/explain")
+            assert abs(sum(v for _, v in bars["data"]) - total) < 1e-6
+            assert {f for f, _ in bars["data"]} == {c["feature"] for c in e["contributions"]}
+            assert "tflite-fp32" in text
+
+            # feedback with the broker up reaches the device store, the lag state, and the collector
+            msg = client.predict(*ROW, "wrong", 7, "shelf was empty", "ana", api_name="/feedback")
+            assert "stored on the device" in msg and "lag state: updated" in msg
+            first = re.search(r"`([0-9a-f]{32})`", msg).group(1)
+            rows = device_feedback(agent)
+            assert rows[-1]["id"] == first and rows[-1]["actual_units"] == 7 and rows[-1]["validator"] == "ana"
+            assert rows[-1]["model"]["digest"] == direct["model"]["digest"] and rows[-1]["device_id"] == "store-1"
+            hist = httpx.get(agent.http_url + "/v1/history", params={"store_nbr": 1, "item_nbr": 103520, "days": 3}).json()
+            assert hist["end_date"] == ROW[0] and hist["unit_sales"][-1] == 7.0
+            wait_for(lambda: any(r["id"] == first for r in _collected(out)), "the first record at the collector", 30)
+
+            # outage: feedback is taken, kept in SQLite and the spool, and delivered after the broker returns
+            broker.stop()
+            wait_for(lambda: not agent.mqtt.connected, "the agent to notice the outage", 30)
+            msg = client.predict("2017-08-18", "1", "105574", False, "right", None, "", "ben", api_name="/feedback")
+            assert "stored on the device" in msg and "lag state: not_applicable" in msg
+            second = re.search(r"`([0-9a-f]{32})`", msg).group(1)
+            assert device_feedback(agent)[-1]["id"] == second
+            assert agent.field.feedback.pending >= 1
+            broker.start()
+            wait_for(lambda: any(r["id"] == second for r in _collected(out)), "the second record after the outage", 60)
+            got = _collected(out)
+            assert len({r["id"] for r in got}) == len(got) == 2  # deduplicated, nothing lost
+            assert sorted(r["seq"] for r in got) == [1, 2]
+    finally:
+        collector.terminate()
+        collector.wait(10)
+        broker.stop()
+
+    report = subprocess.run(
+        [sys.executable, "-m", "edgeship", "feedback", "report", "--in", str(out), "--format", "json"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    (group,) = json.loads(report.stdout)
+    assert group["site"] == "store-1" and group["version"] == 1 and group["count"] == 2
+    assert group["agreement"] == 0.5 and group["with_actuals"] == 1 and group["nwrmsle"] > 0
+    assert group["worst_items"][0]["item_nbr"] == 103520
+    csv_out = subprocess.run(
+        [sys.executable, "-m", "edgeship", "feedback", "report", "--in", str(out), "--format", "csv"],
+        capture_output=True, text=True, env=env, timeout=60,
+    ).stdout.splitlines()  # fmt: skip
+    assert csv_out[0].startswith("site,model,version") and csv_out[1].startswith("store-1,")
+
+
+def test_served_page_loads_nothing_from_outside(tmp_path, keys):
+    """No CDN: every script, stylesheet, font and image the page and its theme name is on the app's host."""
+    with agent_and_app(tmp_path, keys) as (_agent, url):
+        html = httpx.get(url).text
+        css = httpx.get(url + "theme.css").text if httpx.get(url + "theme.css").status_code == 200 else ""
+        refs = re.findall(r'<(?:script|img)[^>]*\bsrc="([^"]+)"', html)
+        refs += re.findall(r'<link[^>]*\bhref="([^"]+)"', html)
+        refs += re.findall(r"@import\s+(?:url\()?['\"]?([^'\")\s;]+)", html + css)
+        refs += re.findall(r"url\(['\"]?([^'\")]+)", css)
+        outside = [r for r in refs if re.match(r"(https?:)?//", r) and not re.match(r"(https?:)?//(127\.0\.0\.1|localhost)", r)]
+        assert not outside, outside
+        assert "fonts.googleapis" not in html + css and "fonts.gstatic" not in html + css

@@ -1,0 +1,114 @@
+"""The package graph has no loops and no forbidden edges (issue 8).
+
+Rules (the README's architecture section says why):
+
+- ``models`` imports nothing of ours: it is the contract both sides import.
+- ``edge`` never imports ``cloud``, ``edgeship``, ``tests`` or ``bench``: the device installs without them.
+- ``cloud`` imports from ``edge`` only ``edge.runtimes`` — declared shared: the parity gate must run the
+  device's own runtime plugins (the one exception, listed in ``SHARED``).
+- ``firmware_bridge`` talks to the agent over HTTP: it imports neither ``edge`` nor ``cloud``.
+- Inside ``edge``: ``monitoring`` and ``store`` and ``runtimes`` never import ``serving`` or ``delivery``;
+  ``serving`` and ``delivery`` never import each other; only ``edge.agent`` wires them together.
+
+Every ``import`` statement counts, also those inside functions (lazy imports are still dependencies).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+OURS = ("models", "edge", "cloud", "edgeship", "firmware_bridge", "tests", "bench")
+SHARED = {("cloud", "edge.runtimes")}  # (importer package, imported module prefix)
+
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "models": ("edge", "cloud", "edgeship", "firmware_bridge", "tests", "bench"),
+    "edge": ("cloud", "edgeship", "firmware_bridge", "tests", "bench"),
+    "cloud": ("edge", "edgeship", "firmware_bridge", "tests", "bench"),
+    "firmware_bridge": ("edge", "cloud", "tests", "bench"),
+    "edge.monitoring": ("edge.serving", "edge.delivery", "edge.agent"),
+    "edge.store": ("edge.serving", "edge.delivery", "edge.agent"),
+    "edge.runtimes": ("edge.serving", "edge.delivery", "edge.store", "edge.monitoring", "edge.agent"),
+    "edge.serving": ("edge.delivery", "edge.agent"),
+    "edge.delivery": ("edge.serving", "edge.agent"),
+}
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """Every absolute module an ``import`` in ``path`` names, with its line."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+            # ``from edge import serving`` imports edge.serving
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+    return found
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    rel = path.relative_to(root).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def violations(files: list[Path], root: Path = ROOT) -> list[str]:
+    out = []
+    for path in files:
+        me = module_name(path, root)
+        rules = [(pkg, banned) for pkg, banned in FORBIDDEN.items() if _within(me, pkg)]
+        for line, target in imports_of(path):
+            for pkg, banned in rules:
+                for b in banned:
+                    if not _within(target, b):
+                        continue
+                    if any(_within(me, imp) and _within(target, shared) for imp, shared in SHARED):
+                        continue
+                    out.append(f"{path.relative_to(root)}:{line}: {me} imports {target} ({pkg} may not import {b})")
+    return out
+
+
+def package_files() -> list[Path]:
+    return sorted(p for top in ("models", "edge", "cloud", "edgeship", "firmware_bridge") for p in (ROOT / top).rglob("*.py"))
+
+
+def test_no_forbidden_imports() -> None:
+    bad = violations(package_files())
+    assert not bad, "forbidden imports:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    ("where", "source", "expected"),
+    [
+        ("edge/x.py", "from cloud.training import gates\n", "edge may not import cloud"),
+        ("edge/x.py", "def f():\n    import edgeship.logs\n", "edge may not import edgeship"),
+        ("models/x.py", "from edge.serving.errors import RequestError\n", "models may not import edge"),
+        ("cloud/x.py", "from edge.serving import predictor\n", "cloud may not import edge"),
+        ("edge/serving/x.py", "from edge import delivery\n", "edge.serving may not import edge.delivery"),
+        ("edge/store/x.py", "from edge.serving.pipeline import Serving\n", "edge.store may not import edge.serving"),
+    ],
+)
+def test_the_checker_catches_a_forbidden_import(tmp_path, where, source, expected) -> None:
+    path = tmp_path / where
+    path.parent.mkdir(parents=True)
+    path.write_text(source)
+    bad = violations([path], root=tmp_path)
+    assert bad and expected in bad[0], bad
+
+
+def test_the_declared_exception_is_allowed(tmp_path) -> None:
+    path = tmp_path / "cloud" / "x.py"
+    path.parent.mkdir(parents=True)
+    path.write_text("from edge.runtimes import get_runtime\n")
+    assert violations([path], root=tmp_path) == []
