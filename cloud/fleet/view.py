@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from pydantic import ValidationError
 
 from models import topics
 from models.broker import BrokerURL, connect_and_wait, new_client

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -448,7 +445,7 @@ def test_attack7_a_naive_timestamp_from_one_device_does_not_blind_the_fleet_view
 from tests.integration.test_delivery_mqtt_security import FLEET, _use, secure  # noqa: E402,F401  (the shipped config)
 
 
-def test_attack8_a_devices_credentials_with_anothers_client_id_cannot_knock_it_off(secure, tmp_path):
+def test_attack8_a_devices_credentials_with_anothers_client_id_cannot_knock_it_off(secure, tmp_path):  # noqa: F811
     import threading
 
     from models.broker import BrokerURL, new_client
