@@ -46,6 +46,7 @@ from edge.serving.mqtt import MqttServing
 from edge.serving.predictor import Predictor
 from edge.runtimes import available_runtimes
 from edge.serving.pipeline import Serving
+from edge.serving.priority import serving_first
 from edge.serving.slot import ModelSlot
 from edge.store.model_store import ModelStore
 from edge.monitoring.telemetry import Telemetry
@@ -56,14 +57,12 @@ from edge.store.versions import RollbackError, VersionHistory, recover, rollback
 from edge.store.versions import prune as prune_versions
 from edge.store.versions import rollback as rollback_store
 from models.bundle import BundleError, VerifiedBundle, verify_unpacked
-from models.messages import DeviceState, ModelAnnouncement, UpdateOutcome
+from models.messages import TRANSIENT_REASONS, DeviceState, ModelAnnouncement, UpdateOutcome, disk_reason
 
 __all__ = ["Agent"]
 
 logger = logging.getLogger(__name__)
 
-#: Transfer failures that say nothing about the bundle itself: not remembered as refusals.
-_TRANSIENT = {"stalled", "disk"}
 
 
 class Agent:
@@ -89,6 +88,7 @@ class Agent:
         self._last_gate: UpdateOutcome | None = None
         self._refused: dict[str, str] = {}  # bundle sha256 -> reason
         self._update_lock = threading.Lock()
+        self._disk_fault: str | None = None  # the disk reason code that stopped the last install, if any
         # batching, shadow / A-B, online lag state, drift, prediction log (edge.serving.pipeline); telemetry on start
         self.serving = Serving.for_agent(self)
         self.telemetry: Telemetry | None = None
@@ -146,9 +146,11 @@ class Agent:
             )
             mqtt_serving.register_command("assign", self.mqtt.delivery.on_assign)  # signed assignments (edge.delivery.updater)
             mqtt_serving.attach()
+            self.mqtt.delivery.make_room = self._make_room
             self.telemetry = telemetry_for_agent(self)
             self.telemetry.attach(self.mqtt)  # events, too, get sequence numbers and the on-disk spool
             self.telemetry.start()
+            self.serving.sales_sink = self.telemetry.actuals  # accepted sales go to the cloud (retraining)
             self.mqtt.start()
         for kind, detail in self._start_notes:  # what start-up decided before events could be sent
             self._note(kind, **detail)
@@ -170,6 +172,7 @@ class Agent:
             self.mqtt.publish_state()
             self.mqtt.stop(timeout=timeout / 2)
         if self.telemetry is not None:
+            self.serving.sales_sink = None
             self.telemetry.stop()  # what is undelivered stays spooled for the next start
         if self.http is not None:
             self.http.stop(timeout=timeout / 2)
@@ -200,8 +203,8 @@ class Agent:
     def http_url(self) -> str | None:
         return self.http.url if self.http is not None else None
 
-    def health(self) -> dict[str, Any]:
-        """Extra ``/healthz`` fields: the MQTT loop (a dead one is restarted and counted) and trust."""
+    def security_health(self) -> dict[str, Any]:
+        """Extra ``/healthz`` fields (issue 7): the MQTT loop (a dead one is restarted and counted) and trust."""
         out: dict[str, Any] = {}
         if self.trust.roots:  # key lists in use: their version and whether the held one expired
             out["trust"] = {"keylist_version": self.trust.keylist_version, "stale": self.trust.stale()}
@@ -294,7 +297,7 @@ class Agent:
         """Go back one version (or to ``to``) while serving: the earlier version is loaded and warmed
         beside the current one, the pointer moves atomically, then the predictor is swapped.
         Raises :class:`edge.store.versions.RollbackError` when there is nothing verified to go back to."""
-        with self._update_lock:
+        with self._update_lock, serving_first():
             target = rollback_target(self.store, self.history, to)
             predictor = self._open_predictor(verify_unpacked(self.store.version_dir(target), self.store.trusted))
             try:
@@ -461,7 +464,8 @@ class Agent:
         bundle_path = Path(bundle_path)
         ann = announcement
         version = ann.version if ann is not None else 0
-        with self._update_lock:
+        with self._update_lock, serving_first():  # requests keep the GIL's attention meanwhile
+            self._disk_fault, keep_download = None, False
             before = set(self.store.versions())
             bundle: VerifiedBundle | None = None
             predictor: Predictor | None = None
@@ -492,6 +496,12 @@ class Agent:
                     with contextlib.suppress(OSError, ValueError):
                         self.store.remove(version)
                 sha = ann.sha256 if ann is not None else None
+                fault = disk_reason(exc)
+                if fault is not None:  # the device's disk, not the bundle: keep the download, never refuse
+                    keep_download = True
+                    self._disk_fault = fault
+                    self._step("failed", version, fault, message=f"disk fault while installing: {exc}")
+                    return False
                 if isinstance(exc, GateFailed):  # not activated; reported with the numbers
                     if sha is not None:
                         self._refused[sha] = exc.reason
@@ -504,8 +514,9 @@ class Agent:
                 self._refuse(version, reason, str(exc), sha)
                 return False
             finally:
-                if bundle_path.resolve().parent == self.store.downloads_dir.resolve():
-                    bundle_path.unlink(missing_ok=True)
+                if not keep_download and bundle_path.resolve().parent == self.store.downloads_dir.resolve():
+                    with contextlib.suppress(OSError):
+                        bundle_path.unlink(missing_ok=True)
             try:
                 prune_versions(self.store, self.history, self.config.keep_versions)
             except OSError as exc:
@@ -554,7 +565,9 @@ class Agent:
             self._refused[sha256] = reason
         self._step("refused", version, reason, message=message)
 
-    def _on_transfer_complete(self, transfer: Transfer) -> None:
+    def _on_transfer_complete(self, transfer: Transfer) -> str | None:
+        """Install a complete transfer. Returns the disk reason code when a disk fault stopped it (the
+        download is kept; edge.delivery.updater retries), else None."""
         ann = transfer.announcement
         self._step("received", ann.version, sha256=ann.sha256, size=ann.size)
         try:
@@ -562,15 +575,56 @@ class Agent:
         except BundleError as exc:
             transfer.discard()
             self._refuse(ann.version, exc.reason, str(exc), ann.sha256)
-            return
+            return None
+        except OSError as exc:
+            fault = disk_reason(exc) or "disk_io"
+            self._step("failed", ann.version, fault, message=f"disk fault finishing the download: {exc}")
+            return fault
         current = self.predictor
         older = current is not None and current.name == ann.model and ann.version < current.version
         # only a signed rollback command (edge.delivery.updater) sets downgrade
         if self.install_and_activate(path, ann, allow_downgrade=transfer.downgrade) and transfer.downgrade and older:
             self._step("rolled_back", ann.version, reason="rollback_command")
+        return self._disk_fault
+
+    def _make_room(self, needed: int) -> None:
+        """Before a download the disk is short of ``needed`` bytes: prune versions beyond keep_versions."""
+        if not self._update_lock.acquire(timeout=0):  # an install is running (it prunes when it ends)
+            return
+        try:
+            removed = prune_versions(self.store, self.history, self.config.keep_versions)
+        finally:
+            self._update_lock.release()
+        logger.info("short of %d bytes for a download; pruned versions %s", needed, removed or "none")
+
+    def disk_health(self) -> dict[str, Any]:
+        """The state folder's disk as /healthz and telemetry show it: ``state`` ok / disk_full /
+        disk_readonly / disk_io, free bytes, and whether telemetry is held in memory for want of disk."""
+        from edge.delivery.updater import disk_room  # noqa: PLC0415 (a leaf helper; keeps import order simple)
+
+        try:
+            free, readonly = disk_room(self.config.state_dir)
+        except OSError:
+            free, readonly = None, False
+        faults = [
+            "disk_readonly" if readonly else None,
+            self.mqtt.delivery.disk_fault if self.mqtt is not None else None,
+            self.telemetry.spool_fault if self.telemetry is not None else None,
+            self._disk_fault,
+        ]
+        state = next((f for f in faults if f), "ok")
+        out: dict[str, Any] = {"state": state, "free_bytes": free}
+        if self.telemetry is not None:
+            out["telemetry_in_memory"] = self.telemetry.spool.memory_only
+        return out
+
+    def health(self) -> dict[str, Any]:
+        """What /healthz adds: the disk (:meth:`disk_health`) and whether the clock is believable."""
+        clock_ok = self.mqtt.delivery.clock_ok if self.mqtt is not None else True
+        return {"disk": self.disk_health(), "clock": "ok" if clock_ok else "behind_signed_time", **self.security_health()}
 
     def _on_transfer_failed(self, ann: ModelAnnouncement, reason: str, message: str) -> None:
-        if reason in _TRANSIENT:
+        if reason in TRANSIENT_REASONS:
             self._step("failed", ann.version, reason, message=message)
         else:
             self._refuse(ann.version, reason, message, ann.sha256)

@@ -120,6 +120,18 @@ class AgentConfig(BaseModel):
     transfer_retries: int = Field(
         default=3, ge=0, description="Re-requests (re-subscriptions) of a stalled transfer before it is abandoned."
     )
+    disk_reserve_bytes: int = Field(
+        default=16 << 20,
+        ge=0,
+        description="Free space a download must leave on the state folder's disk (beyond the bundle and room to "
+        "unpack it); below it the transfer waits with reason disk_full.",
+    )
+    disk_retry_min_s: float = Field(
+        default=1.0, gt=0, description="First wait before retrying a transfer or install a disk fault stopped."
+    )
+    disk_retry_max_s: float = Field(
+        default=60.0, gt=0, description="Longest wait between retries after a disk fault (the wait doubles up to it)."
+    )
     max_body_bytes: int = Field(
         default=1 << 20, ge=1024, description="Largest HTTP request body accepted (413 beyond)."
     )

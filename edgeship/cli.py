@@ -1,9 +1,10 @@
 """The ``edgeship`` command line: one parser tree, one module per command group.
 
-    edgeship data synth|validate       edgeship train             edgeship keys init|init-root|sign|revoke|publish
-    edgeship publish                   edgeship serve-bundles     edgeship rollout start|status|abort
-    edgeship rollback                  edgeship fleet status      edgeship provision ca|cloud|device
-    edgeship agent [rollback]          edgeship demo
+    data synth|validate      train, retrain            keys init|init-root|sign|revoke|publish
+    publish, serve-bundles   rollout start|status|abort, rollback
+    fleet status|serve|report                          provision ca|cloud|device
+    agent [rollback]         bridge, firmware-sim      validate, feedback collect|report
+    demo                     cycle
 
 ``edgeship COMMAND --help`` shows each command's flags and an example. Every group lives in
 :mod:`edgeship.commands` (``register(sub)`` + ``set_defaults(func=...)``); heavy imports happen inside

@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,8 @@ class _AgentProc:
     log: Path
 
 
-def _start_agent(device_id: str, broker: str, work: Path, trust: Path) -> _AgentProc:
+def _start_agent(device_id: str, broker: str, work: Path, trust: Path, extra: Sequence[str] = ()) -> _AgentProc:
+    """An agent process; ``extra``: more ``edgeship agent`` arguments (``--attr``, ``--option`` …)."""
     port = free_port()
     log = work / "logs" / f"{device_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +130,7 @@ def _start_agent(device_id: str, broker: str, work: Path, trust: Path) -> _Agent
         "--state-dir", str(work / "agents" / device_id),
         "--trust", str(trust),
         "--http", f"127.0.0.1:{port}",
+        *extra,
     ]  # fmt: skip
     env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     with open(log, "ab") as fh:

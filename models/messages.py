@@ -7,7 +7,8 @@ properties, so the same messages work on Mosquitto, EMQX, HiveMQ and the demo's 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+import errno
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -23,6 +24,12 @@ __all__ = [
     "DeviceEvent",
     "DeviceCommand",
     "ChunkRequest",
+    "TransientReason",
+    "TRANSIENT_REASONS",
+    "DISK_REASONS",
+    "UnverifiedReason",
+    "UNVERIFIED_REASONS",
+    "disk_reason",
     "utcnow",
 ]
 
@@ -31,6 +38,40 @@ __all__ = [
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{1,64}$")]
+
+
+#: Failure reasons that say the *device* is unhealthy for now (its disk, its link, its broker), not
+#: that the bundle is bad. A device never remembers them against the bundle's sha256 (it retries
+#: by itself), and a rollout controller waits for such a device instead of counting it as a
+#: refusal of the model. ``disk_full`` (ENOSPC/EDQUOT, or too little free space for the bundle,
+#: unpacking room and the reserve), ``disk_readonly`` (EROFS: an SD card the kernel remounted
+#: read-only), ``disk_io`` (EIO and other I/O errors); ``disk`` is the code of older agents.
+TransientReason = Literal["stalled", "endless_data", "disk_full", "disk_readonly", "disk_io", "disk"]
+TRANSIENT_REASONS: frozenset[str] = frozenset(get_args(TransientReason))
+DISK_REASONS: frozenset[str] = frozenset({"disk_full", "disk_readonly", "disk_io", "disk"})
+#: Refusals of documents that did not verify (issue 7): anyone who can publish can cause them, so they
+#: never count as a device failure (a rollout ignores them).
+UnverifiedReason = Literal["unsigned", "bad_signature", "malformed", "future"]
+UNVERIFIED_REASONS: frozenset[str] = frozenset(get_args(UnverifiedReason))
+
+_ERRNO_REASON = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EROFS: "disk_readonly"}
+
+
+def disk_reason(exc: BaseException) -> str | None:
+    """The disk reason code of an ``OSError`` (``disk_full``, ``disk_readonly``, ``disk_io``), else None.
+
+    >>> disk_reason(OSError(errno.ENOSPC, "No space left on device")), disk_reason(OSError(errno.EROFS, "ro"))
+    ('disk_full', 'disk_readonly')
+    >>> disk_reason(OSError(errno.EIO, "I/O error")), disk_reason(ValueError("x")), disk_reason(FileNotFoundError())
+    ('disk_io', None, None)
+    """
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return None
+    if exc.errno in _ERRNO_REASON:
+        return _ERRNO_REASON[exc.errno]
+    if exc.errno in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.EUCLEAN if hasattr(errno, "EUCLEAN") else errno.EIO):
+        return "disk_io"
+    return None
 
 
 def utcnow() -> dt.datetime:
@@ -91,6 +132,13 @@ class ChunkRequest(_Message):
     bundle_id: Identifier
     ranges: list[tuple[int, int]] = Field(
         min_length=1, max_length=64, description="Half-open [start, end) chunk index ranges still missing."
+    )
+    chunk_size: int | None = Field(
+        default=None,
+        gt=0,
+        le=16 * 2**20,
+        description="The chunking of the signed announcement the device follows (a bundle server re-chunks to "
+        "it, so publisher, server and rollout need no agreed --chunk-size); None: the server's own.",
     )
     at: AwareDatetime = Field(default_factory=utcnow)
 

@@ -33,15 +33,25 @@ __all__ = [
     "SalesAck",
     "TelemetryRecord",
     "CandidateCommand",
+    "SalesActuals",
     "MAX_SALES_ROWS",
+    "FallbackLevel",
+    "ACTUALS_EVENT",
+    "ACTUALS_CHUNK_ROWS",
 ]
 
 #: Most rows one sales report may carry (413 beyond).
 MAX_SALES_ROWS = 10_000
+#: Event kind (on ``<device>/events``) carrying the sales rows a device accepted to the cloud.
+ACTUALS_EVENT = "sales"
+#: Most rows one actuals event carries (a report is split into several events).
+ACTUALS_CHUNK_ROWS = 500
 
 _Id = Annotated[int, Strict(), Field(gt=0, lt=2**31)]
 _Sales = Annotated[float, Strict(), Field(ge=-1e9, le=1e9, allow_inf_nan=False)]
 _CorrelationId = Annotated[str, Field(max_length=128)]
+#: Cold-start levels (models.coldstart.LEVELS), most specific first.
+FallbackLevel = Literal["item", "family_store", "family_store_type", "global"]
 
 
 class _Message(BaseModel):
@@ -74,6 +84,11 @@ class PredictResponse(_Message):
     schema_version: Literal[1] = 1
     correlation_id: _CorrelationId | None = None
     predictions: list[float] = Field(description="Unit sales per request row, in order.")
+    fallback: list[FallbackLevel | None] | None = Field(
+        default=None,
+        description="Present when a row's store×item has no sales history: per row, the cold-start level its "
+        "forecast came from (item, family_store, family_store_type, global; null = the pair's own history).",
+    )
     model: ActiveModel = Field(description="The model that answered.")
 
 
@@ -124,3 +139,19 @@ class CandidateCommand(_Message):
         default=None, description="The signed order (models.targets.CandidateOrder); the device acts on it alone "
         "and refuses a command without one."
     )
+
+
+class SalesActuals(_Message):
+    """``detail`` of a ``DeviceEvent`` of kind :data:`ACTUALS_EVENT`: sales rows the device accepted.
+
+    Sent through the device's sequenced, spooled telemetry (:meth:`edge.monitoring.telemetry.Telemetry.actuals`)
+    so none is lost offline; the fleet ingest appends them to its actuals store
+    (:mod:`cloud.fleet.actuals`), from which ``edgeship retrain --from-fleet`` builds the next dataset.
+
+    >>> SalesActuals.model_validate({"sales": [{"date": "2017-08-16", "store_nbr": 1, "item_nbr": 7,
+    ...                                         "unit_sales": 2.0}]}).sales[0].item_nbr
+    7
+    """
+
+    sales: list[SalesRow] = Field(min_length=1, max_length=ACTUALS_CHUNK_ROWS, description="Accepted rows.")
+    transport: str | None = Field(default=None, max_length=16, description="How the shop reported them (http, mqtt, serial).")

@@ -21,7 +21,8 @@ Every per-device series carries ``fleet, device, store, model_version, variant``
     edgeship_fleet_realised_nwrmsle{store_nbr, model_version=forecasts' version}, edgeship_fleet_realised_rows,
     edgeship_fleet_offline_nwrmsle
     edgeship_fleet_devices{fleet,status}, edgeship_fleet_bad_messages_total{fleet,reason},
-    edgeship_fleet_ingest_messages_total{leaf}, edgeship_fleet_devices_expired_total, edgeship_fleet_ingest_shared
+    edgeship_fleet_ingest_messages_total{leaf}, edgeship_fleet_devices_expired_total, edgeship_fleet_ingest_shared,
+    edgeship_fleet_actuals_rows (sales rows stored for retraining, :mod:`cloud.fleet.actuals`)
 
 ::
 
@@ -185,6 +186,11 @@ class FleetCollector:
                 msgs.add_metric([leaf], float(n))
         yield msgs
         yield CounterMetricFamily("edgeship_fleet_devices_expired", "Devices forgotten after expire_after.", value=float(expired))
+        actuals = self.state.actuals
+        yield GaugeMetricFamily(
+            "edgeship_fleet_actuals_rows", "Sales rows stored for retraining (deduplicated by device, date, store, item).",
+            value=float(actuals.rows if actuals is not None else 0),
+        )
         shared = bool(self.shared()) if callable(self.shared) else False
         yield GaugeMetricFamily("edgeship_fleet_ingest_shared", "1 when MQTT 5 shared subscriptions are used.", value=1.0 if shared else 0.0)
 

@@ -16,6 +16,9 @@ stream into per-device facts that :mod:`cloud.fleet.exporter` exposes to Prometh
   counted per reason — never fatal.
 - ``--state DIR``: trackers and the last telemetry are saved (atomically) and restored, so a restart
   of the ingest neither invents gaps nor forgets devices.
+- **actuals**: ``sales`` events (the rows a device accepted from a sales report) are appended,
+  deduplicated by ``(device, date, store, item)``, to ``DIR/actuals.jsonl``
+  (:mod:`cloud.fleet.actuals`): what ``edgeship retrain --from-fleet DIR`` trains on.
 
 MQTT: with a broker that speaks MQTT 5 (Mosquitto 2, EMQX, HiveMQ) telemetry and events are taken
 through the shared subscription ``$share/<group>/edgeship/<fleet>/+/telemetry`` (and ``…/events``),
@@ -48,11 +51,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
+from cloud.fleet.actuals import ActualsStore
 from models import topics
 from models.broker import BrokerURL, new_client
 from models.fsutil import atomic_write_bytes
 from models.messages import DeviceEvent, DeviceState
-from models.serving import TelemetryRecord
+from models.serving import ACTUALS_EVENT, SalesActuals, TelemetryRecord
 
 __all__ = ["DeviceRecord", "FleetState", "Ingest", "BAD_REASONS"]
 
@@ -156,6 +160,9 @@ class FleetState:
         self.bad: dict[tuple[str, str], int] = {}  # (fleet, reason) -> count
         self.messages: dict[str, int] = {}  # leaf -> messages taken
         self.expired = 0
+        #: sales rows devices forwarded (``sales`` events), kept for ``edgeship retrain --from-fleet``
+        self.actuals: ActualsStore | None = ActualsStore(self.state_dir) if self.state_dir is not None else None
+        self.actuals_rows = 0  # rows appended to the actuals store by this process
         if self.state_dir is not None:
             self.load()
 
@@ -261,6 +268,10 @@ class FleetState:
         if event.seq is not None and not rec.sequence(event.seq):
             return "duplicate"
         rec.received["events"] = rec.received.get("events", 0) + 1
+        if event.kind == ACTUALS_EVENT:
+            actuals = SalesActuals.model_validate(event.detail)  # a bad one is dropped as "schema"
+            if self.actuals is not None:
+                self.actuals_rows += self.actuals.add(fleet, device, (r.model_dump(mode="json") for r in actuals.sales), at=now)
         kind = event.kind if topics.ID_PATTERN.match(event.kind) else "other"
         rec.events[kind] = rec.events.get(kind, 0) + 1
         return "ok"

@@ -93,6 +93,14 @@ class PreparedBundle:
     def chunk(self, i: int) -> bytes:
         return self.data[i * self.chunk_size : (i + 1) * self.chunk_size]
 
+    def rechunked(self, chunk_size: int) -> PreparedBundle:
+        """The same bytes cut into ``chunk_size`` chunks (as a signed announcement declares them)."""
+        if chunk_size == self.chunk_size:
+            return self
+        d = self.data
+        chunks = [hashlib.sha256(d[i : i + chunk_size]).hexdigest() for i in range(0, len(d), chunk_size)]
+        return dataclasses.replace(self, chunk_size=chunk_size, chunk_sha256=chunks)
+
     def ref(self) -> BundleRef:
         return BundleRef(
             bundle_id=self.bundle_id,
@@ -455,6 +463,9 @@ class Publisher:
             if b is None:
                 self.handled_requests += 1
                 continue
+            if req.chunk_size is not None and req.chunk_size != b.chunk_size:
+                # the device follows the chunking its signed announcement declares, whoever published it
+                b = self._served[req.bundle_id] = b.rechunked(req.chunk_size)
             n = len(b.chunk_sha256)
             now = time.monotonic()
             wanted = sorted({i for start, end in req.ranges for i in range(max(0, start), min(end, n))})[: self.max_answer]
@@ -522,20 +533,36 @@ def publish(
     return ann
 
 
+def _announced_chunk_size(pub: Publisher, fleet: str, b: PreparedBundle) -> int | None:
+    """The chunk size of the retained announcement of ``b``'s model, if it announces ``b``."""
+    raw = pub.retained(topics.model_announce(fleet, b.model), wait=1.0)
+    try:
+        ann = ModelAnnouncement.model_validate_json(raw) if raw else None
+    except ValidationError:
+        return None
+    return ann.chunk_size if ann is not None and ann.sha256 == b.sha256 else None
+
+
 def serve_bundles(
     bundles: Sequence[str | Path],
     broker: str,
     *,
     fleet: str = "default",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     stop: threading.Event | None = None,
     republish: bool = True,
 ) -> None:
-    """``edgeship serve-bundles``: keep ``bundles``' chunks retained and answer chunk requests until ``stop``."""
+    """``edgeship serve-bundles``: keep ``bundles``' chunks retained and answer chunk requests until ``stop``.
+
+    ``chunk_size`` None: each bundle is cut as the retained announcement of its model declares (when
+    that announcement is for this bundle), else in :data:`DEFAULT_CHUNK_SIZE` chunks; a device's chunk
+    request names the chunking of its signed announcement anyway, and is answered in it."""
     stop = stop or threading.Event()
-    prepared = [read_bundle(p, chunk_size) for p in bundles]
+    prepared = [read_bundle(p, chunk_size or DEFAULT_CHUNK_SIZE) for p in bundles]
     with Publisher(broker, fleet=fleet).connect() as pub:
-        for b in prepared:
+        for i, b in enumerate(prepared):
+            if chunk_size is None:
+                b = prepared[i] = b.rechunked(_announced_chunk_size(pub, fleet, b) or b.chunk_size)
             if republish:
                 pub.put_chunks(b)
             pub.serve(b)

@@ -59,7 +59,7 @@ from cloud.fleet.publish import (
 )
 from models.envelope import Signed
 from models.fsutil import atomic_write_bytes
-from models.messages import DeviceState, ModelAnnouncement, utcnow
+from models.messages import TRANSIENT_REASONS, UNVERIFIED_REASONS, DeviceState, ModelAnnouncement, utcnow
 from models.targets import Targets, announcement_of
 
 __all__ = [
@@ -80,10 +80,8 @@ STATE_FILE, REGISTRY_FILE, ABORT_FILE = "rollout.json", "registry.json", "abort.
 HEARTBEAT_S = 1.0
 _ALIVE_S = 10.0
 DEFAULT_RULES = ("failed>0", "gate_failed>0")
-#: Device failures that say nothing about the bundle (a retry may succeed): only the timeout catches them.
-_TRANSIENT = {"stalled", "disk", "endless_data"}
-#: Refusals of documents that did not verify (anyone can publish those): never a device failure.
-_UNVERIFIED = {"unsigned", "bad_signature", "malformed", "future"}
+#: Device failures that say nothing about the bundle (models.messages.TRANSIENT_REASONS: a full or
+#: read-only disk, a stalled transfer): the device is unhealthy and retries by itself; never "model bad".
 _PROGRESS = ("assigned", "downloading", "downloaded", "received", "verified", "gate_passed", "active")
 
 
@@ -393,14 +391,18 @@ class Rollout:
                     self._set(device, "gate_failed", detail.get("reason") or "gate_failed")
                 elif kind in ("refused", "failed"):
                     if kind == "refused" and (
-                        detail.get("reason") in _UNVERIFIED or detail.get("sha256") not in (None, self.bundle.sha256)
+                        detail.get("reason") in UNVERIFIED_REASONS or detail.get("sha256") not in (None, self.bundle.sha256)
                     ):  # a refusal of someone else's (unverifiable) document says nothing about this rollout
                         self._log("%s: refused %s (not this rollout's document; ignored)", device, detail.get("reason"))
-                    elif detail.get("reason") in _TRANSIENT:
-                        self._log("%s: %s %s (transient; waiting)", device, kind, detail.get("reason"))
+                    elif detail.get("reason") in TRANSIENT_REASONS:
+                        if rec.get("unhealthy") != detail.get("reason"):
+                            rec["unhealthy"] = detail.get("reason")
+                            self._log("%s: device unhealthy (%s %s); it retries, waiting", device, kind, detail.get("reason"))
                     elif rec["status"] != "active":
                         self._set(device, "failed", detail.get("reason") or kind)
                 elif kind in _PROGRESS and rec["status"] in _PROGRESS:
+                    if kind in ("downloaded", "received", "verified", "gate_passed", "active") and rec.pop("unhealthy", None):
+                        self._log("%s: healthy again (%s)", device, kind)
                     if _PROGRESS.index(kind) > _PROGRESS.index(rec["status"]):
                         self._set(device, kind)
             elif rec["status"] == "rolling_back":
@@ -466,6 +468,8 @@ class Rollout:
         current = status(self.state_dir)
         if current and current.get("controller_alive"):
             raise RolloutError(f"rollout {current['id']} is still running (edgeship rollout abort, or wait)")
+        # a controller killed mid-rollout (same bundle): pick its waves up where they stopped
+        resume = current if current and current.get("phase") in ("running", "aborting") and current.get("sha256") == self.bundle.sha256 else None
         (self.state_dir / ABORT_FILE).unlink(missing_ok=True)
         b = self.bundle
         _register(self.state_dir, b)
@@ -476,6 +480,8 @@ class Rollout:
         try:
             pub.connect()
             view.wait_quiet(quiet=0.5, at_most=self.discover_s)
+            if resume is not None:
+                return self._resume(resume, pub)
             return self._run(view, pub)
         finally:
             pub.close()
@@ -525,14 +531,38 @@ class Rollout:
             return self.state
         self._log("rollout %s: %d devices in %d waves %s", self.id, len(eligible), len(waves), [len(w) for w in waves])
         self._write()
+        return self._waves(pub, 0)
+
+    def _resume(self, saved: dict[str, Any], pub: Publisher) -> dict[str, Any]:
+        """Continue the rollout a killed controller saved: its id, plan and device records; waves that
+        succeeded stay done, the running one is assigned again (idempotent for devices already on it)."""
+        saved.pop("controller_alive", None)
+        self.state, self.id = saved, saved["id"]
+        self.state["pid"] = os.getpid()
+        start = next((i for i, w in enumerate(saved["waves"]) if w["status"] != "succeeded"), len(saved["waves"]))
+        self._log("controller restarted: resuming rollout %s at wave %d (phase %s)", self.id, start, saved["phase"])
+        # what devices did while no controller watched: their retained state (read during discovery)
+        for d, v in (self._view.snapshot() if self._view is not None else {}).items():
+            if d in self.state["devices"] and v.state is not None:
+                self._on_device(d, "state", v.state)
+        self._write()
+        if saved["phase"] == "aborting":
+            return self._abort(pub, saved.get("reason") or "resumed abort")
+        return self._waves(pub, start)
+
+    def _waves(self, pub: Publisher, start: int) -> dict[str, Any]:
+        b = self.bundle
+        waves = [w["devices"] for w in self.state["waves"]]
         pub.put_chunks(b)
         pub.retain_versions(b)  # older versions' chunks beyond the newest few are cleared
         pub.serve(b)
         if self.keys is not None:
             pub.publish_keylist(self.keys)
-        for i, wave in enumerate(waves):
+        for i, wave in enumerate(waves[start:], start):
             self.state["waves"][i]["status"] = "running"
             for d in wave:
+                if self._device(d)["status"] == "active":
+                    continue  # reached before the controller was restarted
                 t, env = sign_targets(self.key, bundle=b, fleet=self.fleet, devices=[d], rollout=self.id, expires_in=self.expires_in)
                 pub.assign(d, announcement_of(t, env, self.keys), rollout=self.id)
                 self._set(d, "assigned", assigned_at=utcnow().isoformat())
@@ -588,6 +618,16 @@ class Rollout:
             elif now > deadline:
                 with self.lock:
                     late = [f"{d} ({self._device(d)['status']})" for d in wave if self._device(d)["status"] != "active"]
+                    unhealthy = [d for d in wave if self._device(d)["status"] != "active" and self._device(d).get("unhealthy")]
+                if late and len(unhealthy) == len(late) and len(unhealthy) < len(wave):
+                    # only devices with a transient fault of their own (disk full, read-only) are late: the
+                    # model is not at fault; they keep their retained assignment and retry by themselves
+                    for d in unhealthy:
+                        self._set(d, "unhealthy", self._device(d)["unhealthy"])
+                    return None
+                if late and len(unhealthy) == len(late):
+                    why = ", ".join(f"{d} ({self._device(d)['unhealthy']})" for d in unhealthy)
+                    return f"no healthy device in wave {i} within {self.gate_timeout:g} s: {why} (device faults, not the model)"
                 return f"gate timeout: no success from {', '.join(late)} within {self.gate_timeout:g} s"
             self._write(force=False)
             time.sleep(0.05)

@@ -25,9 +25,10 @@ from cloud.training import baselines
 from cloud.training.bundle import bundle_filename, write_bundle
 from cloud.training.gates import GateError, baseline_gate, parity_gate, run_variant, score
 from cloud.training.metrics import weights
-from cloud.training.prepare import encode_at, impute_promo, prepare
+from cloud.training.prepare import impute_promo, prepare
 from cloud.training.slices import group_nwrmsle, slice_labels, slices, store_type_gate
-from models.contract import LAG_WINDOW_DAYS
+from models.coldstart import Fallback
+from models.contract import LAG_WINDOW_DAYS, NUM_FEATURES
 from models.features import Encoded
 from models.holdout import write_holdout
 from models.fsutil import atomic_write_bytes
@@ -134,8 +135,12 @@ def train(
     version: int | None = None,
     progress: bool = True,
     feedback: str | os.PathLike[str] | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Run the whole training pipeline. Raises :class:`GateError` (after writing the report) if a gate fails."""
+    """Run the whole training pipeline. Raises :class:`GateError` (after writing the report) if a gate fails.
+
+    ``lineage``: extra facts merged into the manifest's ``lineage.dataset_source`` (e.g. ``{"fleet": {...}}``
+    from :mod:`cloud.training.retrain`: the base data's and the fleet actuals' hashes)."""
     from cloud.data import loader as favorita
 
     recipe = recipe or load_recipe()
@@ -216,8 +221,10 @@ def train(
     metrics["keras"] = score(valid.y, keras_pred, valid.perishable)
     preds["keras"] = keras_pred
     if truth is not None:  # the residual promotion effect: the same model scored with the grid's flags
-        leaky = dataclasses.replace(prep.matrix, promo=impute_promo(_grid_promo(grid, prep), prep.matrix.sales > 0, prep.matrix.item_nbr, unknown_days))
-        x_leaky = encode_at(prep.tables, leaky, valid.pair, valid.day, np.full_like(valid.day, int(valid.day.min()) - 1))
+        leaky = impute_promo(_grid_promo(grid, prep), prep.matrix.sales > 0, prep.matrix.item_nbr, unknown_days)
+        num = valid.x.num.copy()
+        num[:, NUM_FEATURES.index("onpromotion")] = np.clip(leaky[valid.pair, valid.day], 0.0, 1.0)
+        x_leaky = Encoded(valid.x.cat, num)  # the same rows, only the flags differ
         metrics["keras@imputed-flags"] = score(valid.y, predict_log(model, x_leaky), valid.perishable)
 
     # the gate: beat rf, ma-dow and mean14; LightGBM is the bar reported beside it (report.json, BENCHMARKS.md)
@@ -281,6 +288,8 @@ def train(
     members["tables.json"] = canonical_json(prep.tables.to_json())
     state = prep.matrix.state()
     members["state.npz"] = state.to_bytes()
+    # cold start: group windows for the catalogue's pairs without history (models.coldstart)
+    members["fallback.npz"] = Fallback.build(prep.tables, state.store_nbr, state.item_nbr, state.window, state.end_date).to_bytes()
     members["holdout.npz"] = write_holdout(
         valid.x.cat[holdout_idx], valid.x.num[holdout_idx], valid.y[holdout_idx],
         weights(valid.perishable[holdout_idx]), holdout_preds,
@@ -292,7 +301,9 @@ def train(
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "lineage": {
             "dataset_version": loaded.version,
-            "dataset_source": json.loads(json.dumps({**loaded.source, **({"feedback": feedback_info} if feedback_info else {})}, default=str)),
+            "dataset_source": json.loads(json.dumps(
+                {**loaded.source, **({"feedback": feedback_info} if feedback_info else {}), **(lineage or {})}, default=str
+            )),
             "train_window": prep.train_window,
             "validation_window": prep.valid_window,
             "rows": {"train": len(prep.train), "validation": len(valid), "holdout": int(len(holdout_idx))},
@@ -300,6 +311,7 @@ def train(
         },
         "parameters": recipe.model_dump(mode="json"),
         "metrics": metrics,
+        "fallback": "fallback.npz",
         "variants": [
             {
                 "name": n,

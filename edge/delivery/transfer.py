@@ -8,7 +8,9 @@ past the declared size. Chunks are written at their offset into a preallocated
 ``<bundle_id>.part`` and a bitmap of received chunks is kept beside it (``<bundle_id>.chunks.json``,
 rewritten at most every :attr:`Transfer.SAVE_EVERY_S` and on close), so an interrupted transfer can
 resume: on reopening, the chunks the bitmap claims are re-hashed from the part file, and only those
-that still match count as received (which is why the bitmap needs no fsync).
+that still match count as received (which is why the bitmap needs no fsync). A complete download
+(``<bundle_id>.tar``, whole-file sha256 checked) left by a crash or by a full disk during
+unpacking is reused as it is: nothing is fetched again.
 
 >>> import hashlib, tempfile
 >>> from models.messages import ModelAnnouncement
@@ -112,6 +114,14 @@ class Transfer:
 
     # -- files ------------------------------------------------------------------------------
     def _open(self) -> None:
+        if self.tar_path.exists() and sha256_file(self.tar_path) == self.announcement.sha256:
+            # a complete, hash-checked download a crash (or a full disk during unpacking) left behind
+            self._received = bytearray(b"\x01" * self.chunks)
+            self.resumed_chunks = self.chunks
+            self.part_path.unlink(missing_ok=True)
+            self.bitmap_path.unlink(missing_ok=True)
+            logger.info("reusing the complete download %s", self.tar_path.name)
+            return
         resumed = self.part_path.exists() and self._load_bitmap()
         self._fd = os.open(self.part_path, os.O_RDWR | os.O_CREAT, 0o644)
         if not resumed:
@@ -198,6 +208,8 @@ class Transfer:
         """
         if not self.complete:
             raise BundleError("incomplete", f"transfer {self.bundle_id} lacks chunks {self.missing()[:10]}")
+        if self._fd is None and not self.part_path.exists() and self.tar_path.exists():
+            return self.tar_path  # reused from disk: checked when this transfer was opened
         if self._fd is not None:
             os.fsync(self._fd)
         self.close()

@@ -27,6 +27,24 @@ and publishes a :class:`models.messages.ChunkRequest` on ``<device>/fetch`` (a b
 them); after ``transfer_retries`` tries the transfer is abandoned (part file kept, ``failed`` /
 ``stalled``) and resumed after a back-off. **Endless data**: a chunk longer than declared, or more
 than twice the declared size offered in one session, aborts the transfer (``endless_data``).
+A transfer with no new chunk for ``chunk_timeout_s`` says so at once (``transfer_stalled`` event
+with what it has and what it waits for), not only when it gives up.
+
+**Clock sanity** (a Pi has no real-time clock: until NTP answers it may believe it is 1970 or the
+time of its last shutdown): time is never taken as earlier than the newest signed ``issued_at`` this
+device verified and acted on (persisted in ``<state>/delivery.json``), so an expired document does
+not become valid again on a clock that went backwards; a clock behind that floor is reported once
+(``clock_wrong`` event with both times, :attr:`Delivery.clock_ok` for ``/healthz``).
+
+**Disk faults** (a Pi's SD card fills up or goes read-only): before a download the free space of
+the state folder's disk is checked against the bundle, room to unpack it and
+``disk_reserve_bytes``; when short, stale downloads of other bundles and versions beyond
+``keep_versions`` are pruned first. An ``ENOSPC``/``EROFS``/``EIO`` (or too little space) is a
+transient fault (``failed`` with reason ``disk_full`` / ``disk_readonly`` / ``disk_io``, from
+:data:`models.messages.TRANSIENT_REASONS`), reported once per fault, never remembered against the
+bundle; the transfer (or the install of a complete download) is retried with a doubling back-off
+(``disk_retry_min_s`` … ``disk_retry_max_s``) and on every announcement, and resumes from what is
+on disk, without a restart.
 
 The paho network thread only parses, hashes one chunk and writes it; installs and timers run on
 this module's own worker thread.
@@ -35,9 +53,11 @@ this module's own worker thread.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import platform
 import queue
 import threading
@@ -57,24 +77,44 @@ from edge.delivery.trust import TrustStore
 from models import topics
 from models.envelope import Signed
 from models.keys import KeyListError
-from models.messages import ActiveModel, ChunkRequest, DeviceCommand, ModelAnnouncement
+from models.messages import (
+    DISK_REASONS,
+    TRANSIENT_REASONS,
+    ActiveModel,
+    ChunkRequest,
+    DeviceCommand,
+    ModelAnnouncement,
+    disk_reason,
+)
 from models.signing import key_id
 from models.targets import MAX_CLOCK_SKEW, Targets, TargetsError, announcement_of, applicability, verify_targets
 
-__all__ = ["Delivery", "UNREMEMBERED", "ranges"]
+__all__ = ["Delivery", "UNREMEMBERED", "ranges", "disk_room"]
 
 logger = logging.getLogger(__name__)
 
-#: Refusal reasons about the metadata, not the bundle's bytes: never remembered against the bundle's
-#: sha256 (the same bundle may come back properly signed, current, or meant for this device).
+#: Refusal reasons about the metadata, not the bundle's bytes, and transient device faults
+#: (models.messages.TRANSIENT_REASONS): never remembered against the bundle's sha256 (the same bundle
+#: may come back properly signed, current, or meant for this device, or the disk may recover).
 UNREMEMBERED = frozenset(
-    {"unsigned", "bad_signature", "malformed", "expired", "future", "keylist_expired", "wrong_fleet", "wrong_device", "wrong_hardware",
-     "rollback", "version_conflict", "rollback_unavailable", "endless_data", "stalled", "disk", "byte_cap"}
-)  # fmt: skip
+    {"unsigned", "bad_signature", "malformed", "expired", "future", "keylist_expired", "wrong_fleet", "wrong_device",
+     "wrong_hardware", "rollback", "version_conflict", "rollback_unavailable", "byte_cap"}
+) | TRANSIENT_REASONS  # fmt: skip
 _TICK_S = 0.1
 #: Aborted tries of one version may be offered at most this many times its size, all tries together.
 RETRY_BYTES_FACTOR = 8
 RETRY_BYTES_FLOOR = 64 * 2**20  # … or 64 MiB for small bundles
+#: A wall clock before this is not trusted to judge stored replay marks (no RTC yet).
+_PLAUSIBLE_AFTER = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+#: A stored mark further than this past a plausible clock is not a clock lagging behind (Delivery.now
+#: covers that) but a future-dated document (a leaked key, a signer's wrong clock): dropped at start.
+_MAX_MARK_AHEAD = dt.timedelta(days=30)
+
+
+def disk_room(folder: str | Path) -> tuple[int, bool]:
+    """``(bytes free to an unprivileged writer, mounted read-only)`` for the disk holding ``folder``."""
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize, bool(st.f_flag & os.ST_RDONLY)
 
 
 def ranges(indexes: list[int]) -> list[tuple[int, int]]:
@@ -153,6 +193,15 @@ class Delivery:
         self._state_path = Path(config.state_dir) / "delivery.json"
         #: per model: (issued_at, version, signing key id) of the newest target acted on (the replay check)
         self._issued: dict[str, tuple[dt.datetime, int, str]] = self._load_issued()
+        #: The disk fault that stopped the pending transfer or install (a reason code), its back-off and start.
+        self.disk_fault: str | None = None
+        self._disk_backoff = config.disk_retry_min_s
+        self._disk_fault_at: float | None = None
+        self._stall_reported = False
+        self.clock_ok = True
+        #: Called with the bytes still needed when the disk is short of space before a download: the
+        #: agent prunes versions beyond keep_versions (set by edge.agent; stale downloads are pruned here).
+        self.make_room: Callable[[int], None] | None = None
         #: Counters for tests and benchmarks: chunk payload bytes and metadata bytes received, etc.
         self.stats: collections.Counter[str] = collections.Counter()
         self.downloaded_at: float | None = None  # time.monotonic() of the last complete transfer
@@ -202,7 +251,8 @@ class Delivery:
                 }
             if self._pending is not None:
                 tg, ann = self._pending
-                return {"state": "waiting", "version": tg.version, "bundle_id": ann.bundle_id, "rollout": tg.rollout}
+                waiting = {"state": "waiting", "version": tg.version, "bundle_id": ann.bundle_id, "rollout": tg.rollout}
+                return waiting | ({"disk": self.disk_fault} if self.disk_fault else {})
         return None
 
     # -- paho callbacks (network thread) ----------------------------------------------------
@@ -265,6 +315,12 @@ class Delivery:
             budget = 2 * t.announcement.size + 4 * self.config.transfer_window * t.announcement.chunk_size
             try:
                 stored = t.add_chunk(index, payload)
+            except OSError as exc:  # the disk failed under a running transfer: keep what is verified, retry
+                self._end_transfer()
+                with contextlib.suppress(OSError):
+                    t.close()
+                self._disk_failed(t.announcement, disk_reason(exc) or "disk_io", f"writing chunk {index}: {exc}")
+                return
             except ChunkError as exc:
                 self.metrics.bad_chunks.inc()
                 if exc.reason == "too_large":
@@ -283,7 +339,7 @@ class Delivery:
                 self.stats["chunks"] += 1
                 self.metrics.bundle_bytes_received.inc(len(payload))
                 self._last_progress = time.monotonic()
-                self._retries = 0
+                self._retries, self._stall_reported = 0, False
             if t.complete:
                 done = self._end_transfer()
             else:
@@ -339,7 +395,11 @@ class Delivery:
         self._seen[(source, ann.model)] = ann
         stamp = ann.published_at.isoformat()
         try:
-            t = verify_targets(ann.targets, self.trust.keys)
+            now = self.now()
+            # documents dated past this clock (+ skew) are refused; while the clock is known to be behind
+            # signed time (no RTC yet) it cannot judge that, and the floor alone is used
+            skew = MAX_CLOCK_SKEW if self.clock_ok else dt.timedelta(days=36500)
+            t = verify_targets(ann.targets, self.trust.keys, now=now, max_skew=skew)
         except TargetsError as exc:
             self._refuse(ann.version, ann.sha256, exc.reason, str(exc), stamp)
             return
@@ -406,6 +466,25 @@ class Delivery:
             else:
                 self._begin(t, ann_eff)  # type: ignore[arg-type]
 
+    def now(self) -> dt.datetime:
+        """The time documents are checked against: the wall clock, but never earlier than the newest
+        signed ``issued_at`` acted on here (a board without an RTC may boot in the past)."""
+        wall = dt.datetime.now(dt.timezone.utc)
+        floor = max((v[0] for v in self._issued.values()), default=None)
+        if floor is None or wall >= floor:
+            self.clock_ok = True
+            return wall
+        if self.clock_ok:
+            self.clock_ok = False
+            behind = (floor - wall).total_seconds()
+            logger.error(
+                "the clock says %s, %.0f s before a signed document this device already acted on (%s): "
+                "it is wrong (no RTC, NTP not synced yet?); checking expiry against %s",
+                wall.isoformat(), behind, floor.isoformat(), floor.isoformat(),
+            )  # fmt: skip
+            self._event("clock_wrong", wall=wall.isoformat(), floor=floor.isoformat(), behind_s=round(behind, 3))
+        return floor
+
     def _signer(self, t: Targets, ann: ModelAnnouncement) -> str:
         trusted = {key_id(k) for k in self.trust.keys}
         sigs = ann.targets.signatures if ann.targets is not None else []
@@ -444,7 +523,11 @@ class Delivery:
         except (OSError, ValueError) as exc:
             logger.warning("delivery state unreadable, starting afresh: %s", exc)
             return {}
-        limit = dt.datetime.now(dt.timezone.utc) + MAX_CLOCK_SKEW
+        wall = dt.datetime.now(dt.timezone.utc)
+        # marks beyond the clock were set by a wrong-clocked or leaked signer (or before future dates were
+        # refused): dropped, unless this clock itself is implausible (a board without an RTC booting in
+        # 1970), when the marks are the better clock (Delivery.now)
+        limit = wall + _MAX_MARK_AHEAD if wall >= _PLAUSIBLE_AFTER else dt.datetime.max.replace(tzinfo=dt.timezone.utc)
         out: dict[str, tuple[dt.datetime, int, str]] = {}
         for m, v in (data.get("issued", {}) if isinstance(data, dict) else {}).items():
             try:
@@ -485,11 +568,19 @@ class Delivery:
                 current.discard()
             self._pending, self._rearm_at = (targets, ann), None
             try:
+                self._check_room(ann)
                 t = Transfer(ann, self.downloads_dir)
-            except (ValueError, OSError) as exc:
-                logger.error("cannot receive %s v%d: %s", ann.model, ann.version, exc)
-                self._report("failed", ann.version, "disk" if isinstance(exc, OSError) else "malformed", message=str(exc))
+            except _NoRoom as exc:
+                self._disk_failed(ann, exc.reason, str(exc))
                 return
+            except ValueError as exc:
+                logger.error("cannot receive %s v%d: %s", ann.model, ann.version, exc)
+                self._report("failed", ann.version, "malformed", message=str(exc))
+                return
+            except OSError as exc:
+                self._disk_failed(ann, disk_reason(exc) or "disk_io", f"cannot receive {ann.model} v{ann.version}: {exc}")
+                return
+            self._disk_recovered()
             t.downgrade, t.targets = targets.downgrade, targets
             logger.info(
                 "receiving bundle",
@@ -503,7 +594,7 @@ class Delivery:
             if t.complete:  # fully resumed from disk
                 done = t
             else:
-                self._transfer, self._retries = t, 0
+                self._transfer, self._retries, self._stall_reported = t, 0, False
                 self._missing = collections.deque(t.missing())
                 self._outstanding = {}
                 self._last_progress = time.monotonic()
@@ -513,6 +604,74 @@ class Delivery:
         if done is not None:
             self._hand_off(done)
         self._publish_state()
+
+    # -- disk faults (under self._lock) -------------------------------------------------------
+    def _check_room(self, ann: ModelAnnouncement) -> None:
+        """Raise :class:`_NoRoom` unless the disk is writable and holds the bundle, room to unpack it
+        and the reserve (after pruning stale downloads and old versions)."""
+        folder = self.downloads_dir if self.downloads_dir.exists() else self.downloads_dir.parent
+        free, readonly = disk_room(folder)
+        if readonly:
+            raise _NoRoom("disk_readonly", f"{folder} is on a read-only file system")
+        mine = (self.downloads_dir / f"{ann.bundle_id}.{ext}" for ext in ("part", "tar"))
+        have = any(p.exists() for p in mine)  # a part file is preallocated; a complete download needs no more
+        need = (0 if have else ann.size) + ann.size + self.config.disk_reserve_bytes
+        if free >= need:
+            return
+        freed = self._prune_downloads(keep=ann.bundle_id)
+        if self.make_room is not None:
+            try:
+                self.make_room(need - free - freed)
+            except OSError as exc:
+                logger.warning("making room failed: %s", exc)
+        free, readonly = disk_room(folder)
+        if free < need:
+            raise _NoRoom(
+                "disk_full",
+                f"{ann.model} v{ann.version} needs {need} bytes free (bundle {ann.size}, unpacking {ann.size}, "
+                f"reserve {self.config.disk_reserve_bytes}{', part file on disk' if have else ''}), {free} are",
+            )
+
+    def _prune_downloads(self, keep: str) -> int:
+        """Delete downloads of other bundles (stale part files, bitmaps, finished tars); bytes freed."""
+        freed = 0
+        try:
+            for p in self.downloads_dir.iterdir():
+                if p.is_file() and not p.name.startswith(f"{keep}."):
+                    size = p.stat().st_size
+                    p.unlink(missing_ok=True)
+                    freed += size
+                    logger.info("pruned stale download %s (%d bytes)", p.name, size)
+        except OSError as exc:
+            logger.warning("pruning downloads failed: %s", exc)
+        return freed
+
+    def _disk_failed(self, ann: ModelAnnouncement, reason: str, message: str, *, report: bool = True) -> None:
+        """A disk fault stopped the transfer or install of ``ann``: report it once (``report=False``: the
+        agent already did), retry after a back-off."""
+        now = time.monotonic()
+        first = self.disk_fault != reason and report
+        if self.disk_fault is None:
+            self._disk_fault_at, self._disk_backoff = now, self.config.disk_retry_min_s
+        else:
+            self._disk_backoff = min(2 * self._disk_backoff, self.config.disk_retry_max_s)
+        self.disk_fault = reason
+        self._rearm_at = now + self._disk_backoff
+        self.stats["disk_faults"] += 1
+        if first:
+            logger.error("%s (%s); retrying in %.1f s", message, reason, self._disk_backoff)
+            self._report("failed", ann.version, reason, message=message, retry_in_s=round(self._disk_backoff, 3))
+            self._publish_state()
+        else:
+            logger.info("disk still faulty (%s); next retry in %.1f s", reason, self._disk_backoff)
+
+    def _disk_recovered(self) -> None:
+        if self.disk_fault is None:
+            return
+        was, since = self.disk_fault, self._disk_fault_at or time.monotonic()
+        self.disk_fault, self._disk_fault_at, self._disk_backoff = None, None, self.config.disk_retry_min_s
+        logger.info("disk writable again after %.1f s (%s); resuming", time.monotonic() - since, was)
+        self._event("disk_recovered", was=was, fault_s=round(time.monotonic() - since, 3))
 
     def _pump(self) -> None:
         """Request missing chunks until ``transfer_window`` are outstanding (and the rate budget allows).
@@ -614,13 +773,19 @@ class Delivery:
             self._tick()
 
     def _install(self, t: Transfer) -> None:
+        fault: object = None
         try:
-            self._on_complete(t)
+            fault = self._on_complete(t)  # the agent returns a disk reason code when a disk fault stopped it
         finally:
             with self._lock:
                 self._handed_off.discard(t.announcement.sha256)
-                if self._pending is not None and self._pending[1].sha256 == t.announcement.sha256:
+                mine = self._pending is not None and self._pending[1].sha256 == t.announcement.sha256
+                if mine and isinstance(fault, str) and fault in DISK_REASONS:
+                    # the complete download stays on disk (edge.delivery.transfer reuses it): retry the install
+                    self._disk_failed(t.announcement, fault, f"installing v{t.announcement.version}: {fault}", report=False)
+                elif mine:
                     self._pending = None
+                    self._disk_recovered()
 
     def _rollback(self, t: Targets, ann: ModelAnnouncement | None) -> None:
         """A signed rollback command: activate the installed version if this device still holds it, else fetch it."""
@@ -666,6 +831,14 @@ class Delivery:
             if not self._outstanding or now - self._last_progress < self.config.chunk_timeout_s:
                 return
             self._retries += 1
+            if not self._stall_reported:  # say so within chunk_timeout_s, not only when giving up
+                self._stall_reported = True
+                self._event(
+                    "transfer_stalled", version=t.announcement.version, bundle_id=t.bundle_id, have=t.received,
+                    total=t.chunks, waiting=ranges(sorted(self._outstanding))[:16],
+                    idle_s=round(now - self._last_progress, 3),
+                    hint="the broker lost retained chunks (persistence?) and no bundle server re-publishes them",
+                )  # fmt: skip
             if self._retries <= self.config.transfer_retries:
                 waiting = sorted(self._outstanding)
                 logger.warning(
@@ -675,7 +848,10 @@ class Delivery:
                 # ask for everything still missing (the broker may have lost all of it: a restart
                 # without persistence); the server re-publishes retained, this device still pulls a window
                 wanted = ranges(waiting + [i for i in self._missing if not t.has(i)])[:64]
-                request = ChunkRequest(device_id=self.config.device_id, bundle_id=t.bundle_id, ranges=wanted)
+                request = ChunkRequest(
+                    device_id=self.config.device_id, bundle_id=t.bundle_id, ranges=wanted,
+                    chunk_size=t.announcement.chunk_size,  # from the signed targets: the server re-chunks to it
+                )  # fmt: skip
                 self.client.publish(self.fetch_topic, request.model_dump_json(), qos=1)
                 self.stats["fetch_requests"] += 1
                 chunk_topics = [topics.bundle_chunk(self.config.fleet, t.bundle_id, i) for i in waiting]
@@ -685,3 +861,11 @@ class Delivery:
                 return
             missing = len(t.missing())
             self._abort("stalled", f"{missing} of {t.chunks} chunks never arrived")
+
+
+class _NoRoom(Exception):
+    """The disk cannot take a download now (``reason``: disk_full or disk_readonly)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -14,6 +14,15 @@ spool exceeds ``spool_max_bytes`` the oldest segment is deleted, its undelivered
 in ``edgeship_telemetry_dropped_total`` (and in the next telemetry's ``dropped_total``, so a gap is
 explained). The sequence continues across restarts (cursor file + the spool's last number).
 
+**Disk faults.** When a message cannot be written (a full or read-only SD card, an I/O error) it is
+not lost: it keeps its sequence number and waits in a bounded in-memory queue (``memory_max``
+messages; beyond it the oldest are dropped and counted like spool drops), and is sent live as soon
+as the broker is connected. :attr:`Spool.fault` names the fault (``disk_full``, ``disk_readonly``,
+``disk_io``; the agent's ``/healthz`` shows it), ``edgeship_telemetry_unspooled_total`` counts
+such messages, and every new message tries the disk first, so spooling resumes by itself when the
+disk comes back. (Messages held only in memory do not survive a restart.) The spool opens its
+file for each append and closes it after: nothing holds the state folder open for writing.
+
 Spool line format (one message per line; payloads are compact JSON, no newlines or tabs needed)::
 
     <seq>\\t<topic>\\t<payload JSON>\\n
@@ -31,6 +40,7 @@ Spool line format (one message per line; payloads are compact JSON, no newlines 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
@@ -46,8 +56,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.fsutil import atomic_write_bytes
 from models import topics
-from models.messages import DeviceEvent
-from models.serving import TelemetryRecord
+from models.messages import DeviceEvent, disk_reason
+from models.serving import ACTUALS_CHUNK_ROWS, ACTUALS_EVENT, SalesActuals, TelemetryRecord
 
 __all__ = ["TelemetryConfig", "Spool", "Telemetry", "for_agent"]
 
@@ -90,6 +100,7 @@ class Spool:
         segment_bytes: int = 256 << 10,
         fsync: bool = True,
         on_drop: Callable[[int], None] | None = None,
+        memory_max: int = 1000,
     ) -> None:
         self.folder = Path(folder)
         self.max_bytes = max_bytes
@@ -99,9 +110,14 @@ class Spool:
         self._lock = threading.Lock()
         self._segments: list[_Segment] = []
         self._pending: collections.deque[tuple[int, str, bytes]] = collections.deque()
-        self._fh: Any = None
         self.delivered = 0
         self.dropped = 0
+        self.memory_max = memory_max
+        #: Why the last append could not be written to disk (a models.messages disk reason code), else None.
+        self.fault: str | None = None
+        self.unspooled = 0  # messages ever kept in memory only
+        self._memory: collections.deque[int] = collections.deque()  # seqs held in memory only, in order
+        self._broken = False
         self.folder.mkdir(parents=True, exist_ok=True)
         self._recover()
 
@@ -115,17 +131,23 @@ class Spool:
         for path in sorted(p for p in self.folder.iterdir() if _SEGMENT.match(p.name)):
             records, good = self._read(path)
             if good != path.stat().st_size:  # a torn last line from a crash: cut it off
-                with open(path, "r+b") as fh:
-                    fh.truncate(good)
+                try:
+                    with open(path, "r+b") as fh:
+                        fh.truncate(good)
+                except OSError as exc:  # a read-only disk at start: appends go to a new segment
+                    logger.warning("cannot cut the torn end of %s: %s", path.name, exc)
+                    self._broken = True
             if not records:
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
                 continue
             self._segments.append(_Segment(path, records[0][0], records[-1][0], good))
             self._pending.extend(r for r in records if r[0] > self.delivered)
             last = max(last, records[-1][0])
         self._next = last + 1
         for tmp in self.folder.glob(f".{_CURSOR}.*"):
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
     @staticmethod
     def _read(path: Path) -> tuple[list[tuple[int, str, bytes]], int]:
@@ -153,6 +175,11 @@ class Spool:
         return len(self._pending)
 
     @property
+    def memory_only(self) -> int:
+        """Undelivered messages held in memory only (the disk could not take them)."""
+        return len(self._memory)
+
+    @property
     def bytes(self) -> int:
         return sum(s.size for s in self._segments)
 
@@ -164,27 +191,65 @@ class Spool:
             if b"\n" in payload or "\t" in topic:
                 raise ValueError("spooled payloads may not contain newlines, topics no tabs")
             line = b"%d\t%s\t%s\n" % (seq, topic.encode(), payload)
-            seg = self._segments[-1] if self._segments and self._fh is not None else None
-            if seg is None or seg.size + len(line) > self.segment_bytes:
-                seg = self._roll(seq)
-            self._fh.write(line)
-            self._fh.flush()
-            if self.fsync:
-                os.fsync(self._fh.fileno())
             self._next = seq + 1
-            seg.last, seg.size = seq, seg.size + len(line)
             self._pending.append((seq, topic, payload))
+            try:
+                self._write(seq, line)
+            except OSError as exc:
+                reason = disk_reason(exc) or "disk_io"
+                if self.fault != reason:
+                    logger.error("telemetry spool not writable (%s): %s; holding messages in memory", reason, exc)
+                self.fault = reason
+                self.unspooled += 1
+                self._memory.append(seq)
+                self._bound_memory()
+                return seq
+            if self.fault is not None:
+                logger.info("telemetry spool writable again (was %s)", self.fault)
+                self.fault = None
             self._enforce_cap()
             return seq
 
-    def _roll(self, first: int) -> _Segment:
-        if self._fh is not None:
-            self._fh.close()
-        path = self.folder / f"seg-{first:012d}.log"
-        self._fh = open(path, "ab")
-        seg = _Segment(path, first, first - 1, 0)
-        self._segments.append(seg)
-        return seg
+    def _write(self, seq: int, line: bytes) -> None:
+        """Append ``line`` to the current segment (or a new one); on failure nothing half stays."""
+        seg = self._segments[-1] if self._segments and not self._broken else None
+        new = seg is None or seg.size + len(line) > self.segment_bytes
+        path = self.folder / f"seg-{seq:012d}.log" if new else seg.path  # type: ignore[union-attr]
+        size = 0 if new else seg.size  # type: ignore[union-attr]
+        try:
+            with open(path, "ab") as fh:
+                fh.write(line)
+                fh.flush()
+                if self.fsync:
+                    os.fsync(fh.fileno())
+        except OSError:
+            self._broken = True
+            try:  # cut a torn line off (or drop a new, empty file) so the segment stays readable
+                if new:
+                    path.unlink(missing_ok=True)
+                else:
+                    os.truncate(path, size)
+            except OSError:
+                pass
+            raise
+        self._broken = False
+        if new:
+            seg = _Segment(path, seq, seq, len(line))
+            self._segments.append(seg)
+        else:
+            seg.last, seg.size = seq, seg.size + len(line)  # type: ignore[union-attr]
+
+    def _bound_memory(self) -> None:
+        while len(self._memory) > self.memory_max:
+            seq = self._memory.popleft()
+            for record in self._pending:
+                if record[0] == seq:
+                    self._pending.remove(record)
+                    break
+            self.dropped += 1
+            logger.warning("telemetry held in memory full: dropped message %d", seq)
+            if self._on_drop is not None:
+                self._on_drop(1)
 
     def _enforce_cap(self) -> None:
         while len(self._segments) > 1 and self.bytes > self.max_bytes:
@@ -193,7 +258,8 @@ class Spool:
             while self._pending and self._pending[0][0] <= oldest.last:
                 self._pending.popleft()
                 lost += 1
-            oldest.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                oldest.path.unlink(missing_ok=True)
             if lost:
                 self.dropped += lost
                 logger.warning("telemetry spool full: dropped %d undelivered messages", lost)
@@ -214,15 +280,15 @@ class Spool:
             self.delivered = seq
             while self._pending and self._pending[0][0] <= seq:
                 self._pending.popleft()
+            while self._memory and self._memory[0] <= seq:
+                self._memory.popleft()
             while len(self._segments) > 1 and self._segments[0].last <= seq:
-                self._segments.pop(0).path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a read-only disk: deleted on a later ack or at start
+                    self._segments.pop(0).path.unlink(missing_ok=True)
             atomic_write_bytes(self.folder / _CURSOR, b"%d\n" % seq, durable=self.fsync)
 
     def close(self) -> None:
-        with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+        """Nothing to release (each append opens and closes the segment); kept for callers."""
 
 
 class _Metrics:
@@ -238,6 +304,17 @@ class _Metrics:
         )
         self.pending = Gauge("edgeship_telemetry_pending", "Spooled messages not yet delivered.", registry=registry)
         self.spool_bytes = Gauge("edgeship_telemetry_spool_bytes", "Bytes the spool holds on disk.", registry=registry)
+        self.unspooled = Counter(
+            "edgeship_telemetry_unspooled",
+            "Messages kept in memory because the spool could not be written (disk full, read-only, I/O error).",
+            registry=registry,
+        )
+        self.in_memory = Gauge(
+            "edgeship_telemetry_in_memory", "Undelivered messages held in memory only (spool not writable).", registry=registry
+        )
+        self.spool_ok = Gauge(
+            "edgeship_telemetry_spool_writable", "1 when the last message could be spooled to disk, else 0.", registry=registry
+        )
 
 
 class Telemetry:
@@ -312,6 +389,25 @@ class Telemetry:
 
         return self._append(self._topic_events, build, "event")
 
+    def actuals(self, rows: list[Any], transport: str | None = None) -> list[int]:
+        """Spool accepted sales rows for the cloud (events of kind ``sales``, at most
+        :data:`models.serving.ACTUALS_CHUNK_ROWS` rows each); returns their sequence numbers.
+
+        ``rows``: :class:`models.serving.SalesRow` objects or dicts with the same fields.
+        """
+        plain = [r.model_dump(mode="json") if hasattr(r, "model_dump") else dict(r) for r in rows]
+        seqs = []
+        for i in range(0, len(plain), ACTUALS_CHUNK_ROWS):
+            try:
+                detail = SalesActuals.model_validate({"sales": plain[i : i + ACTUALS_CHUNK_ROWS], "transport": transport})
+            except ValidationError as exc:
+                logger.error("sales rows not forwarded: %s", exc)
+                continue
+            seq = self.event(ACTUALS_EVENT, detail.model_dump(mode="json", exclude_none=True))
+            if seq is not None:
+                seqs.append(seq)
+        return seqs
+
     def telemetry(self) -> int | None:
         """Spool one :class:`TelemetryRecord` with what ``collect()`` returns now."""
         try:
@@ -323,6 +419,8 @@ class Telemetry:
             uptime_s=round(time.monotonic() - self._started, 3),
             spool_pending=self.spool.pending,
             dropped_total=self.spool.dropped,
+            spool_fault=self.spool.fault,
+            in_memory=self.spool.memory_only,
         )
 
         def build(seq: int) -> bytes:
@@ -334,13 +432,22 @@ class Telemetry:
         """Spool any message: ``build(seq)`` gets the next number and returns the payload (e.g. feedback)."""
         return self._append(topic, build, kind)
 
+    @property
+    def spool_fault(self) -> str | None:
+        """The disk fault that keeps messages in memory (disk_full / disk_readonly / disk_io), else None."""
+        return self.spool.fault
+
     def _append(self, topic: str, build: Callable[[int], bytes], kind: str) -> int | None:
         try:
+            before = self.spool.unspooled
             seq = self.spool.append(topic, build)
-        except (OSError, ValueError) as exc:
+        except ValueError as exc:
             logger.error("could not spool %s: %s", kind, exc)
             return None
-        self.metrics.spooled.labels(kind).inc()
+        if self.spool.unspooled != before:
+            self.metrics.unspooled.inc()
+        else:
+            self.metrics.spooled.labels(kind).inc()
         self._update_gauges()
         self._wake.set()
         return seq
@@ -348,6 +455,8 @@ class Telemetry:
     def _update_gauges(self) -> None:
         self.metrics.pending.set(self.spool.pending)
         self.metrics.spool_bytes.set(self.spool.bytes)
+        self.metrics.in_memory.set(self.spool.memory_only)
+        self.metrics.spool_ok.set(0 if self.spool.fault else 1)
 
     # -- threads ----------------------------------------------------------------------------
     def _tick_loop(self) -> None:
@@ -416,6 +525,7 @@ def for_agent(agent: Any) -> Telemetry:
             "store": c.attributes.get("store_nbr") or c.attributes.get("store"),
             "requests": requests,
             "rss_bytes": _rss_bytes(),
+            "disk": agent.disk_health(),
         }
         serving = getattr(agent, "serving", None)
         if serving is not None:

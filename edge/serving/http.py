@@ -16,6 +16,8 @@ Endpoints (the handlers are all here; :mod:`edge.serving.pipeline` does the work
     POST /v1/predict  {"instances": [{"date": "2017-08-16", "store_nbr": 1, "item_nbr": 103520,
                                       "onpromotion": false}]}
                       → 200 {"predictions": [4.2], "model": {"name", "version", "digest", "variant", "runtime"}}
+                        + "fallback": [null, "family_store", …] when a row's store×item has no sales history
+                          (its forecast comes from a cold-start group window, models.coldstart)
                       → 4xx {"error": {"code": "invalid_request", "message", "details": [{"field", "rule", "message"}]}}
                       → 503 {"error": {"code": "no_model", "message", "details": []}} while no model is active
     POST /v1/predict:batch  up to ``batching.endpoint_max_rows`` rows (10,000), validated one by one;
@@ -25,7 +27,9 @@ Endpoints (the handlers are all here; :mod:`edge.serving.pipeline` does the work
                       → 422 when no row is valid, 413 beyond the row limit, 400 for a body that is not JSON
     POST /v1/sales    actual sales for the online lag state: 200 ``SalesAck`` or the error shape
                       (only when the online state is on)
-    GET  /healthz     → {"status": "ok" | "no_model", "device_id", "model": {...} | null, "version": "0.1.0"}
+    GET  /healthz     → {"status": "ok" | "no_model", "device_id", "model": {...} | null, "version": "0.1.0",
+                       "disk": {"state": "ok" | "disk_full" | "disk_readonly" | "disk_io", ...},
+                       "clock": "ok" | "behind_signed_time"}  (disk and clock: the agent's health())
     GET  /metrics     → Prometheus text format
 
 Every error body is :class:`models.serving.ErrorBody` under ``"error"``, mapped from the exception by
@@ -146,7 +150,8 @@ def create_app(
     :class:`ModelSlot` is wrapped in :meth:`Serving.embedded`).
 
     EXTRA ROUTES: ``routes`` are mounted after the agent's own, as they are (auth middleware,
-    catalogue / explain / feedback, sensor telemetry: each part passes its list here)."""
+    catalogue / explain / feedback, sensor telemetry: each part passes its list here). ``health()``'s
+    keys are added to ``/healthz`` (the agent's :meth:`edge.agent.Agent.health`: disk, clock)."""
     if not isinstance(serving, Serving):
         if metrics is None:
             raise TypeError("create_app(slot, metrics, ...) needs the metrics")
@@ -171,7 +176,7 @@ def create_app(
             reply = error_reply(exc)
             obs.failed(reply.outcome, time.perf_counter() - started, timings)
             return error_response(reply)
-        body = dumps({"predictions": answer.predictions, "model": answer.model_dict})
+        body = dumps(answer.body())
         obs.ok_request(time.perf_counter() - started, len(answer.predictions), timings)
         return Response(body, media_type=_JSON)
 
@@ -194,14 +199,16 @@ def create_app(
             with serving.use() as live:
                 if live is None:
                     raise Unavailable("no model is active yet")
-                predictions, errors = await asyncio.to_thread(serving.predict_rows, live, rows, timings)
+                fallback: list[str | None] = []
+                predictions, errors = await asyncio.to_thread(serving.predict_rows, live, rows, timings, fallback)
                 model = live.info_dict
             rows_ok = sum(p is not None for p in predictions)
             if not rows_ok:
                 details = [{k: e[k] for k in ("field", "rule", "message")} for e in errors]
                 raise RequestError(details)  # type: ignore[arg-type]
             outcome = "ok"
-            return json_response({"predictions": predictions, "errors": errors, "model": model})
+            cold = {"fallback": fallback} if any(f is not None for f in fallback) else {}
+            return json_response({"predictions": predictions, **cold, "errors": errors, "model": model})
         except Exception as exc:
             reply = error_reply(exc)
             outcome = reply.outcome
@@ -220,11 +227,10 @@ def create_app(
     async def healthz(_request: Request) -> Response:
         current = serving.current
         model = current.info_dict if current is not None else None
-        extra = health() if health is not None else {}  # e.g. {"mqtt": {...}, "trust": {...}} from the agent
-        return json_response(
-            {"status": "ok" if model else "no_model", "device_id": device_id, "model": model, "version": software_version(),
-             **extra}
-        )
+        body = {"status": "ok" if model else "no_model", "device_id": device_id, "model": model, "version": software_version()}
+        if health is not None:
+            body.update(health())  # the agent's disk and clock (edge.agent.Agent.health)
+        return json_response(body)
 
     async def prometheus(_request: Request) -> Response:
         body, content_type = metrics.exposition()

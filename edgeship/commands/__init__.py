@@ -18,6 +18,7 @@ __all__ = ["MODULES", "Command"]
 MODULES = [
     "edgeship.commands.data",
     "edgeship.commands.train",
+    "edgeship.commands.retrain",
     "edgeship.commands.keys",
     "edgeship.commands.delivery",
     "edgeship.commands.fleet",
@@ -27,6 +28,7 @@ MODULES = [
     "edgeship.commands.demo",
     "edgeship.commands.validate",
     "edgeship.commands.feedback",
+    "edgeship.commands.cycle",
 ]
 
 

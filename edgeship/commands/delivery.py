@@ -41,7 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundles", nargs="+", type=Path)
     p.add_argument("--broker", required=True)
     p.add_argument("--fleet", default="default")
-    p.add_argument("--chunk-size", type=int, default=64 * 1024, help="as the bundle was published with (default 64 KiB)")
+    p.add_argument(
+        "--chunk-size", type=int, default=None,
+        help="default: as the retained (signed) announcement of the bundle declares; chunk requests name their own",
+    )  # fmt: skip
     p.set_defaults(func=_serve)
 
     rollout = sub.add_parser("rollout", help="staged rollouts gated on device health", epilog=EPILOG, formatter_class=EXAMPLES).add_subparsers(

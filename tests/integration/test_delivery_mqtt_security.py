@@ -45,6 +45,7 @@ def secure(tmp_path, monkeypatch):
         .replace("listener 8883", "listener {port} 127.0.0.1")
         .replace("listener 8884 127.0.0.1", f"listener {cloud_port} 127.0.0.1")
         .replace("persistence true", "persistence false")
+        .replace("\nuser mosquitto\n", "\n")  # the shipped broker runs as its own user (test_broker_persistence)
         + "\nlog_dest stderr\n"
         # a second listener exactly as the commented mutual-TLS lines describe
         + f"listener {mtls_port} 127.0.0.1\ncafile {broker_dir}/ca.pem\ncertfile {broker_dir}/server.crt\n"

@@ -58,8 +58,8 @@ def test_broker_restarted_mid_transfer_completes_by_resuming(tmp_path, big, tmp_
     pub = Publisher(broker.url).connect()
     agent = None
     # the bundle server stays up: `edgeship serve-bundles` (the rollout controller embeds the same)
-    server = subprocess.Popen([sys.executable, "-m", "edgeship", "serve-bundles", str(bundle), "--broker", broker.url,
-                               "--chunk-size", str(CHUNK)],
+    # no --chunk-size: the device's chunk requests name the chunking of its signed announcement
+    server = subprocess.Popen([sys.executable, "-m", "edgeship", "serve-bundles", str(bundle), "--broker", broker.url],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=open(tmp_path / "server.log", "wb"), text=True)  # fmt: skip
     try:
         assert server.stdout.readline().startswith("serving 1 bundle")

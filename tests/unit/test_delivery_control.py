@@ -85,6 +85,35 @@ def test_controller_aborts_on_ml_health_from_gate_figures_and_telemetry(tmp_path
     assert r.state["devices"]["b"]["status"] == "active" and r.state["devices"]["b"]["gate"] == "gate_passed"
 
 
+def test_disk_faults_mark_a_device_unhealthy_never_the_model_bad(tmp_path):
+    """models.messages.TRANSIENT_REASONS is the one list: a device's disk fault keeps it waiting
+    (unhealthy, it retries), and a wave whose only late devices are unhealthy is not aborted."""
+    from models.messages import TRANSIENT_REASONS
+
+    assert {"disk_full", "disk_readonly", "disk_io", "stalled"} <= TRANSIENT_REASONS
+    k = keypair(tmp_path / "k")
+    bundle, _ = build_bundle(tmp_path / "favorita-demand-v2.bundle.tar", k.private, version=2)
+    r = Rollout(bundle, "mqtt://127.0.0.1:1", key=k.key_path, state_dir=tmp_path / "s", gate_timeout=0.0)
+    r.state = {"phase": "running", "waves": [{"devices": ["a", "b"]}],
+               "devices": {d: {"status": "pending", "previous": None} for d in ("a", "b")}}  # fmt: skip
+    for d in ("a", "b"):
+        r._set(d, "assigned")
+    for reason in ("disk_full", "disk_readonly", "disk_io"):
+        r._on_device("b", "events", {"kind": "failed", "detail": {"version": 2, "reason": reason}})
+        assert r.state["devices"]["b"]["status"] == "assigned" and r.state["devices"]["b"]["unhealthy"] == reason
+    assert r._breach(["a", "b"]) is None  # not a failure of the model
+    r._on_device("a", "events", {"kind": "active", "detail": {"version": 2}})
+    assert r._watch_wave(0, ["a", "b"]) is None  # b is late for its own disk: the wave is not aborted
+    assert r.state["devices"]["b"]["status"] == "unhealthy" and r.state["devices"]["b"]["reason"] == "disk_io"
+    # every device of a wave unhealthy: stop, and say it is the devices, not the model
+    r.state["devices"]["a"].update(status="assigned", unhealthy="disk_full")
+    r.state["devices"]["b"]["status"] = "assigned"
+    assert "device faults, not the model" in r._watch_wave(0, ["a", "b"])
+    # a device that gets going again is healthy again
+    r._on_device("b", "events", {"kind": "downloaded", "detail": {"version": 2}})
+    assert "unhealthy" not in r.state["devices"]["b"]
+
+
 def test_fleet_table_and_gate_from_state():
     now = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
     v = DeviceView("store-1", online=True)

@@ -136,7 +136,10 @@ def test_starts_from_last_good_even_with_the_broker_down(tmp_path, keys, bundles
 
 def test_no_model_yet(tmp_path, keys):
     with Agent(config(tmp_path, keys[2])) as agent:
-        assert health(agent) == {"status": "no_model", "device_id": DEVICE, "model": None, "version": __version__}
+        h = health(agent)
+        assert {k: h[k] for k in ("status", "device_id", "model", "version")} == {
+            "status": "no_model", "device_id": DEVICE, "model": None, "version": __version__}
+        assert h["disk"]["state"] == "ok" and h["disk"]["free_bytes"] > 0 and h["clock"] == "ok"
         assert httpx.post(f"{agent.http_url}/v1/predict", json={"instances": [ROW]}).status_code == 503
         assert agent.device_state().status == "no_model"
 

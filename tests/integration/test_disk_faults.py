@@ -1,0 +1,386 @@
+"""Disk faults a shop device meets (issue 15): the state folder is a small tmpfs this test mounts
+(root), filled, freed, remounted read-only and read-write under a real agent talking to a real
+Mosquitto. Each time the update must complete without a restart, the fault must be reported with a
+disk reason code (never as a refused bundle), the old model must keep serving, and the device's
+event sequence must have no gap. Under ``CI=true`` these tests never skip.
+
+The figures for the closing note (time from the disk coming back to the new model serving, and what
+the device reported meanwhile) are printed: ``pytest -s tests/integration/test_disk_faults.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cloud.fleet.publish import Publisher
+from edge.agent import Agent
+from tests.bundle_kit import build_bundle
+from tests.conftest import require
+from tests.delivery_kit import Watcher, keypair, ship, start_agent, wait_for
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "favorita-demand"
+CHUNK = 16 * 1024
+DEVICE = "store-1"
+
+
+# -- a small disk ---------------------------------------------------------------------------
+def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path``; unmounted again even when the test fails."""
+    require(os.geteuid() == 0 and shutil.which("mount") is not None, "mounting a tmpfs needs root and mount(8)")
+    path.mkdir(parents=True, exist_ok=True)
+    r = _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path))
+    require(r.returncode == 0, f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        _run("mount", "-o", "remount,rw", str(path))
+        if _run("umount", str(path)).returncode != 0:
+            _run("umount", "-l", str(path))  # something still holds it: detach now, freed when released
+
+
+def remount(path: Path, mode: str) -> None:
+    r = _run("mount", "-o", f"remount,{mode}", str(path))
+    assert r.returncode == 0, f"remount {mode} {path}: {r.stderr}"
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Take all but ``leave`` bytes of the disk with one file."""
+    st = os.statvfs(disk)
+    free = st.f_bavail * st.f_frsize
+    filler = disk / "filler.bin"
+    with open(filler, "wb") as fh:
+        if free > leave:
+            os.posix_fallocate(fh.fileno(), 0, free - leave)
+    return filler
+
+
+# -- fixtures -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """v1 and v2 of about 200 KiB each (a padding member of random bytes) and their key."""
+    d = tmp_path_factory.mktemp("disk-bundles")
+    k = keypair(d / "keys")
+    out = {}
+    for v in (1, 2):
+        padding = random.Random(v).randbytes(200 << 10)
+        out[v], _ = build_bundle(d / f"{MODEL}-v{v}.bundle.tar", k.private, version=v, extra_members={"padding.bin": padding})
+    return out, k
+
+
+def _agent(state: Path, broker: str, k, **fields) -> Agent:
+    base = dict(
+        state_dir=state, trust=[k.pub_path], http="127.0.0.1:0", disk_reserve_bytes=64 << 10,
+        disk_retry_min_s=0.2, disk_retry_max_s=1.0, telemetry={"interval_s": 0, "fsync": False},
+    )  # fmt: skip
+    return start_agent(state.parent, broker, DEVICE, **{**base, **fields})
+
+
+def _serving(agent: Agent, version: int) -> bool:
+    return agent.predictor is not None and agent.predictor.version == version
+
+
+def _health(agent: Agent) -> dict:
+    return httpx.get(f"{agent.http_url}/healthz", timeout=5).json()
+
+
+def _check_sequence(w: Watcher) -> list[int]:
+    """Every event the device sent, by seq: 1, 2, 3 … with no gap."""
+    seqs = sorted({e["seq"] for e in w.of(DEVICE)})
+    assert seqs == list(range(1, len(seqs) + 1)), f"gap in the event sequence: {seqs}"
+    return seqs
+
+
+def _report(title: str, w: Watcher, since: float, back: float, active: float) -> None:
+    kinds = [
+        (e["kind"], e["detail"].get("reason") or e["detail"].get("was") or "")
+        for _d, e in w.events if _d == DEVICE and e["detail"].get("version") != 1
+    ]  # fmt: skip
+    print(f"\n[{title}] disk back -> v2 serving: {active - back:.2f} s (fault lasted {back - since:.2f} s); "
+          f"device reported: {kinds}")  # fmt: skip
+
+
+def _v1_then(tmp_path, mosquitto, bundles, disk: Path, **fields) -> tuple[Agent, Watcher, Publisher]:
+    paths, k = bundles
+    w = Watcher(mosquitto.url)
+    pub = Publisher(mosquitto.url).connect()
+    agent = _agent(disk / DEVICE, mosquitto.url, k, **fields)
+    ship(pub, paths[1], k.private, chunk_size=CHUNK)
+    wait_for(lambda: _serving(agent, 1), "v1 serving", timeout=30)
+    return agent, w, pub
+
+
+# -- the faults -----------------------------------------------------------------------------
+def test_disk_full_before_download_waits_then_completes_without_restart(tmp_path, mosquitto, bundles):
+    paths, k = bundles
+    with tmpfs(tmp_path / "disk", "2m") as disk:
+        agent, w, pub = _v1_then(tmp_path, mosquitto, bundles, disk)
+        try:
+            filler = fill(disk, leave=100 << 10)  # less than the bundle alone
+            since = time.monotonic()
+            ann = ship(pub, paths[2], k.private, chunk_size=CHUNK)
+            failed = w.wait(DEVICE, "failed", version=2, reason="disk_full")
+            assert "needs" in failed["detail"]["message"]
+            assert _serving(agent, 1)  # the old model keeps serving
+            assert ann.sha256 not in agent.refused  # a device fault, never a refused bundle
+            assert _health(agent)["disk"]["state"] == "disk_full"
+            wait_for(lambda: w.states.get(DEVICE) and (w.states[DEVICE].delivery or {}).get("disk") == "disk_full",
+                     "state says disk_full")  # fmt: skip
+            wait_for(lambda: agent.mqtt.delivery.stats["disk_faults"] >= 3, "periodic retries with back-off")
+            assert _serving(agent, 1)
+            filler.unlink()
+            back = time.monotonic()
+            wait_for(lambda: _serving(agent, 2), "v2 serving after space came back", timeout=30)
+            active = time.monotonic()
+            assert w.wait(DEVICE, "disk_recovered")["detail"]["was"] == "disk_full"
+            assert _health(agent)["disk"]["state"] == "ok"
+            assert not list((disk / DEVICE / "downloads").glob("*.part"))  # nothing left behind
+            w.wait(DEVICE, "active", version=2)
+            _check_sequence(w)
+            _report("disk full before the download", w, since, back, active)
+        finally:
+            agent.stop()
+            w.close()
+            pub.close()
+
+
+def test_read_only_disk_events_sent_live_then_update_completes(tmp_path, mosquitto, bundles):
+    paths, k = bundles
+    with tmpfs(tmp_path / "disk", "2m") as disk, tmpfs(disk / DEVICE / "ingest", "1m"):
+        # the sales ledger (edge.serving.ingest_routes) keeps its SQLite files open for writing, which
+        # makes the kernel refuse a read-only remount; the kernel's own errors=remount-ro would not ask
+        agent, w, pub = _v1_then(tmp_path, mosquitto, bundles, disk)
+        try:
+            wait_for(lambda: agent.telemetry.spool.pending == 0, "v1's events delivered")
+            remount(disk, "ro")  # the SD card went read-only (nothing holds the state folder open for writing)
+            since = time.monotonic()
+            ann = ship(pub, paths[2], k.private, chunk_size=CHUNK)
+            # the failure event cannot be spooled, yet it arrives: held in memory, sent live
+            w.wait(DEVICE, "failed", version=2, reason="disk_readonly")
+            assert agent.telemetry.spool_fault == "disk_readonly"
+            assert agent.telemetry.metrics.unspooled._value.get() >= 1
+            health = _health(agent)
+            assert health["disk"]["state"] == "disk_readonly" and health["status"] == "ok"
+            assert _serving(agent, 1) and ann.sha256 not in agent.refused
+            remount(disk, "rw")
+            back = time.monotonic()
+            wait_for(lambda: _serving(agent, 2), "v2 serving after the disk came back", timeout=30)
+            active = time.monotonic()
+            w.wait(DEVICE, "active", version=2)
+            assert agent.telemetry.spool_fault is None  # spooling resumed
+            assert (disk / DEVICE / "telemetry").exists() and agent.telemetry.spool.memory_only == 0
+            _check_sequence(w)
+            _report("read-only disk", w, since, back, active)
+        finally:
+            agent.stop()
+            w.close()
+            pub.close()
+
+
+def test_full_while_unpacking_is_no_refusal_and_the_download_is_reused(tmp_path, mosquitto, bundles):
+    """The download fits but unpacking does not (models/ is its own, full, small disk): ``failed``
+    ``disk_full``, not ``load_failed``; after space comes back the kept download is installed
+    without fetching a chunk again."""
+    paths, k = bundles
+    with tmpfs(tmp_path / "disk", "2m") as disk:
+        state = disk / DEVICE
+        with tmpfs(state / "models", "1m") as models:
+            agent, w, pub = _v1_then(tmp_path, mosquitto, bundles, disk)
+            try:
+                chunks_v1 = agent.mqtt.delivery.stats["chunks"]
+                filler = fill(models, leave=32 << 10)
+                since = time.monotonic()
+                ann = ship(pub, paths[2], k.private, chunk_size=CHUNK)
+                w.wait(DEVICE, "failed", version=2, reason="disk_full")
+                assert ann.sha256 not in agent.refused and _serving(agent, 1)
+                assert not w.of(DEVICE, "refused", version=2)
+                assert (state / "downloads" / f"{ann.bundle_id}.tar").exists()  # kept for the retry
+                filler.unlink()
+                back = time.monotonic()
+                wait_for(lambda: _serving(agent, 2), "v2 serving after space came back", timeout=30)
+                active = time.monotonic()
+                total = len(ann.chunk_sha256)
+                assert agent.mqtt.delivery.stats["chunks"] - chunks_v1 == total  # every chunk fetched once
+                fetched = sum(e["detail"]["fetched_chunks"] for e in w.of(DEVICE, "downloaded", version=2))
+                assert fetched == total
+                w.wait(DEVICE, "active", version=2)
+                _check_sequence(w)
+                _report("disk full while unpacking", w, since, back, active)
+            finally:
+                agent.stop()
+                w.close()
+                pub.close()
+
+
+def test_complete_download_survives_kill_and_is_reused(tmp_path, mosquitto, bundles):
+    """``kill -9`` right after the whole-file hash check: the restart installs the complete
+    download from disk and fetches no chunk again."""
+    paths, k = bundles
+    state = tmp_path / DEVICE
+    pub = Publisher(mosquitto.url).connect()
+    env = {**os.environ, "EDGESHIP_CRASH_AT": "after_download"}
+    cmd = [sys.executable, "-m", "edgeship", "agent", "--device-id", DEVICE, "--state-dir", str(state),
+           "--trust", str(k.pub_path), "--broker", mosquitto.url, "--runtime", "fake"]  # fmt: skip
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        ann = ship(pub, paths[1], k.private, chunk_size=CHUNK)
+        rc = proc.wait(timeout=60)
+        assert rc == -9, log.read_text()[-2000:]
+        assert (state / "downloads" / f"{ann.bundle_id}.tar").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    w = Watcher(mosquitto.url)
+    agent = start_agent(tmp_path, mosquitto.url, DEVICE, trust=[k.pub_path])
+    try:
+        wait_for(lambda: _serving(agent, 1), "v1 serving from the kept download", timeout=30)
+        assert agent.mqtt.delivery.stats["chunks"] == 0  # nothing fetched again
+        downloaded = w.wait(DEVICE, "downloaded", version=1)
+        assert downloaded["detail"]["fetched_chunks"] == 0
+        assert downloaded["detail"]["resumed_chunks"] == len(ann.chunk_sha256)
+    finally:
+        agent.stop()
+        w.close()
+        pub.close()
+
+
+# -- the other faults of issue 15 -----------------------------------------------------------
+def test_clock_behind_signed_time_is_reported_and_never_revives_an_expired_target(tmp_path, mosquitto, bundles):
+    """A board without an RTC boots with its clock in the past: the newest signed time this device
+    acted on (persisted) is the floor, so a target that expired by then is refused, and the wrong
+    clock is reported (event, /healthz)."""
+    import datetime as dt
+    import json
+
+    paths, k = bundles
+    state = tmp_path / DEVICE
+    state.mkdir()
+    floor = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)  # acted on a target issued "later" than now
+    (state / "delivery.json").write_text(json.dumps({"issued": {"other-model": floor.isoformat()}}))
+    w = Watcher(mosquitto.url)
+    pub = Publisher(mosquitto.url).connect()
+    agent = _agent(state, mosquitto.url, k)
+    try:
+        ann = ship(pub, paths[1], k.private, chunk_size=CHUNK, expires_in=86400.0)  # valid for 1 day by the wall clock
+        refused = w.wait(DEVICE, "refused", version=1)
+        assert refused["detail"]["reason"] == "expired"
+        event = w.wait(DEVICE, "clock_wrong")
+        assert event["detail"]["floor"] == floor.isoformat() and event["detail"]["behind_s"] > 86400
+        assert _health(agent)["clock"] == "behind_signed_time"
+        assert agent.predictor is None and ann.sha256 not in agent.refused  # metadata refusal, not the bundle's
+    finally:
+        agent.stop()
+        w.close()
+        pub.close()
+
+
+def test_stalled_transfer_raises_an_event_within_the_chunk_timeout(tmp_path, mosquitto, bundles):
+    """A broker that lost its retained chunks (no working persistence) and no bundle server: the
+    device says so after ``chunk_timeout_s``, not minutes later when it gives up."""
+    paths, k = bundles
+    w = Watcher(mosquitto.url)
+    pub = Publisher(mosquitto.url).connect()
+    agent = _agent(tmp_path / DEVICE, mosquitto.url, k, chunk_timeout_s=1.0, transfer_retries=100)
+    try:
+        ann = ship(pub, paths[1], k.private, chunk_size=CHUNK, chunks=False)  # announcement only: no chunk retained
+        stalled = w.wait(DEVICE, "transfer_stalled", version=1)
+        assert stalled["detail"]["have"] == 0 and stalled["detail"]["total"] == len(ann.chunk_sha256)
+        assert stalled["detail"]["waiting"]
+        assert not w.of(DEVICE, "failed")  # reported long before the transfer is abandoned
+        wait_for(lambda: w.fetch_requests(DEVICE) >= 2, "re-requests")
+        assert len(w.of(DEVICE, "transfer_stalled")) == 1  # one event per stall, not one per re-request
+    finally:
+        agent.stop()
+        w.close()
+        pub.close()
+
+
+def test_chunking_travels_with_the_signed_announcement(tmp_path, mosquitto, bundles):
+    """A bundle server started with another chunk size than the publisher's still heals a transfer:
+    the device's chunk request names the chunking its signed announcement declares."""
+    from cloud.fleet.publish import read_bundle
+
+    paths, k = bundles
+    server = Publisher(mosquitto.url).connect()
+    server.serve(read_bundle(paths[1]))  # the default 64 KiB chunks
+    pub = Publisher(mosquitto.url).connect()
+    agent = _agent(tmp_path / DEVICE, mosquitto.url, k, chunk_timeout_s=1.0, transfer_retries=100)
+    try:
+        ann = ship(pub, paths[1], k.private, chunk_size=CHUNK, chunks=False)  # 16 KiB chunks, none retained
+        wait_for(lambda: _serving(agent, 1), "v1 served from the bundle server's re-chunked answers", timeout=45)
+        assert agent.mqtt.delivery.stats["chunks"] == len(ann.chunk_sha256)
+        assert server.answered_chunks >= len(ann.chunk_sha256)
+    finally:
+        agent.stop()
+        server.close()
+        pub.close()
+
+
+def test_rollout_controller_killed_mid_rollout_resumes_its_waves(tmp_path, mosquitto, bundles):
+    """``kill -9`` of ``edgeship rollout start`` during the canary's soak; started again, the
+    controller resumes the same rollout (its id, its plan), sees the canary already active and
+    rolls the next wave out."""
+    import json
+    import signal
+
+    from cloud.fleet.rollout import Rollout, status
+
+    paths, k = bundles
+    pub = Publisher(mosquitto.url).connect()
+    agents = {d: _agent(tmp_path / d, mosquitto.url, k, device_id=d) for d in ("store-a", "store-b")}
+    ctl = tmp_path / "ctl"
+    try:
+        ship(pub, paths[1], k.private, chunk_size=CHUNK)
+        for a in agents.values():
+            wait_for(lambda a=a: _serving(a, 1), "v1 everywhere", timeout=30)
+        cmd = [sys.executable, "-m", "edgeship", "rollout", "start", str(paths[2]), "--broker", mosquitto.url,
+               "--key", str(k.key_path), "--state-dir", str(ctl), "--canary", "1", "--soak", "600",
+               "--discover", "1", "--gate-timeout", "60"]  # fmt: skip
+        with open(tmp_path / "ctl.log", "wb") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
+        try:
+            canary = wait_for(
+                lambda: (s := status(ctl)) and [d for d, r in s["devices"].items() if r["status"] == "active"],
+                "the canary active (the controller now soaks)", timeout=60,
+            )  # fmt: skip
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        wait_for(lambda: not status(ctl)["controller_alive"], "the dead controller's heartbeat to go stale", timeout=30)
+        dead = json.loads((ctl / "rollout.json").read_text())
+        assert dead["phase"] == "running" and dead["waves"][1]["status"] == "pending"
+        result = Rollout(paths[2], mosquitto.url, key=k.key_path, state_dir=ctl, canary=1, discover_s=1.0,
+                         gate_timeout=60).run()  # fmt: skip
+        assert result["phase"] == "succeeded", result
+        assert result["id"] == dead["id"] and [w["devices"] for w in result["waves"]] == [w["devices"] for w in dead["waves"]]
+        assert any("resuming rollout" in line for line in result["log"])
+        for a in agents.values():
+            wait_for(lambda a=a: _serving(a, 2), "v2 everywhere", timeout=30)
+        assert canary[0] in result["waves"][0]["devices"]
+    finally:
+        for a in agents.values():
+            a.stop()
+        pub.close()
