@@ -136,11 +136,58 @@ def train(
     progress: bool = True,
     feedback: str | os.PathLike[str] | None = None,
     lineage: dict[str, Any] | None = None,
+    track: bool = True,
+    runs_dir: str | os.PathLike[str] | None = None,
+    registry: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Run the whole training pipeline. Raises :class:`GateError` (after writing the report) if a gate fails.
 
     ``lineage``: extra facts merged into the manifest's ``lineage.dataset_source`` (e.g. ``{"fleet": {...}}``
-    from :mod:`cloud.training.retrain`: the base data's and the fleet actuals' hashes)."""
+    from :mod:`cloud.training.retrain`: the base data's and the fleet actuals' hashes).
+
+    With ``track`` (the default) the version comes from the one registry (:mod:`cloud.tracking.registry`:
+    MLflow's when ``MLFLOW_TRACKING_URI`` is set, else a local file; ``registry`` names another file)
+    and the run is recorded in the runs folder (:mod:`cloud.tracking.runs`; ``runs_dir``), and in MLflow
+    when configured. ``track=False``: the version is one more than the bundles in ``out_dir``, nothing recorded.
+    """
+    recipe = recipe or load_recipe()
+    kwargs = dict(recipe=recipe, start=start, end=end, stores=stores, progress=progress, feedback=feedback, lineage=lineage)
+    if not track:
+        return _train(data_dir, out_dir, key_path, version=version, **kwargs)
+    from cloud.tracking.session import TrackedRun
+
+    load_private_key(key_path)  # a bad key reserves no version
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    params = {
+        "recipe": recipe.model_dump(mode="json"),
+        "data": {"folder": str(Path(data_dir).resolve()), "start": start, "end": end, "stores": stores,
+                 "feedback": None if feedback is None else str(Path(feedback).resolve())},
+    }
+    with TrackedRun.start(
+        recipe.name, out, params=params, code_revision=code_revision(), requested=version,
+        floor=next_version(out, recipe.name), runs_dir=runs_dir, registry=registry,
+    ) as run:  # fmt: skip
+        result = _train(data_dir, out_dir, key_path, version=run.version, **kwargs)
+    result.report["run_id"] = run.id
+    return result
+
+
+def _train(
+    data_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    key_path: str | os.PathLike[str],
+    *,
+    recipe: Recipe | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    stores: list[int] | None = None,
+    version: int | None = None,
+    progress: bool = True,
+    feedback: str | os.PathLike[str] | None = None,
+    lineage: dict[str, Any] | None = None,
+) -> TrainResult:
+    """The pipeline itself (``version``: given, or one more than the bundles in ``out_dir``)."""
     from cloud.data import loader as favorita
 
     recipe = recipe or load_recipe()
