@@ -340,6 +340,7 @@ class Delivery:
                 self.metrics.bundle_bytes_received.inc(len(payload))
                 self._last_progress = time.monotonic()
                 self._retries, self._stall_reported = 0, False
+                self._aborts.pop(t.announcement.sha256, None)  # progress: the back-off starts over
             if t.complete:
                 done = self._end_transfer()
             else:
@@ -732,8 +733,8 @@ class Delivery:
             message = f"{message}; {self._spent[sha]} bytes offered in {self._aborts[sha]} tries exceed the cap of " \
                 f"{cap} for this version: no more retries until it is announced again after a restart"
             reason = "byte_cap"
-        else:  # exponential back-off between tries: 2, 4, 8 … × chunk_timeout_s, at most an hour
-            delay = min(3600.0, 2 * self.config.chunk_timeout_s * 2 ** (self._aborts[sha] - 1))
+        else:  # back-off between consecutive failed tries: 2, 2, 4, 8 … × chunk_timeout_s, at most an hour
+            delay = min(3600.0, 2 * self.config.chunk_timeout_s * 2 ** max(0, self._aborts[sha] - 2))
             self._rearm_at = time.monotonic() + delay
         logger.warning("transfer of v%d aborted (%s): %s", t.announcement.version, reason, message)
         self._report("failed", t.announcement.version, reason, message=message)
