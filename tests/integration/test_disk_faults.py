@@ -384,3 +384,66 @@ def test_rollout_controller_killed_mid_rollout_resumes_its_waves(tmp_path, mosqu
         for a in agents.values():
             a.stop()
         pub.close()
+
+
+def test_resumed_controller_judges_relative_rules_against_the_baseline_from_before_the_kill(tmp_path, mosquitto, bundles):
+    """A relative abort rule survives ``kill -9`` of the controller: the baseline (the canary's figures
+    before it was assigned) is saved with the rollout; the restarted controller compares the canary's
+    figures on the new version with it — not with what the canary reports after the update — and aborts."""
+    import json
+    import signal
+
+    from cloud.fleet.rollout import Rollout, status
+
+    paths, k = bundles
+    rule = "requests_http_invalid>2x"  # invalid requests on the canary more than doubled since before the rollout
+    pub = Publisher(mosquitto.url).connect()
+    tele = {"interval_s": 0.3, "fsync": False}
+    agents = {d: _agent(tmp_path / d, mosquitto.url, k, device_id=d, telemetry=tele) for d in ("store-a", "store-b")}
+    canary = agents["store-a"]
+    ctl = tmp_path / "ctl"
+
+    def invalid(n: int) -> None:
+        for _ in range(n):
+            r = httpx.post(f"{canary.http_url}/v1/predict", json={"instances": [{"store_nbr": "x"}]}, timeout=10)
+            assert r.status_code == 422, r.text
+
+    try:
+        ship(pub, paths[1], k.private, chunk_size=CHUNK)
+        for a in agents.values():
+            wait_for(lambda a=a: _serving(a, 1), "v1 everywhere", timeout=30)
+        invalid(2)  # the canary's figure before the rollout: 2 invalid requests
+        cmd = [sys.executable, "-m", "edgeship", "rollout", "start", str(paths[2]), "--broker", mosquitto.url,
+               "--key", str(k.key_path), "--state-dir", str(ctl), "--canary", "1", "--soak", "600",
+               "--discover", "1", "--gate-timeout", "60", "--abort-if", rule]  # fmt: skip
+        with open(tmp_path / "ctl.log", "wb") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
+        try:
+            saved = wait_for(
+                lambda: (s := status(ctl)) and s["devices"].get("store-a", {}).get("status") == "active"
+                and s.get("baselines", {}).get("store-a", {}).get("requests_http_invalid") == 2 and s,
+                "the canary active and its baseline saved (the controller now soaks)", timeout=60,
+            )  # fmt: skip
+            assert saved["phase"] == "running"  # 2 invalid requests on v2 too: not more than 2x the baseline
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        wait_for(lambda: not status(ctl)["controller_alive"], "the dead controller's heartbeat to go stale", timeout=30)
+        assert _serving(canary, 2) and _serving(agents["store-b"], 1)
+        invalid(4)  # on v2, with no controller watching: 6 invalid requests, 3x the baseline
+        result = Rollout(paths[2], mosquitto.url, key=k.key_path, state_dir=ctl, canary=1, discover_s=1.0,
+                         gate_timeout=60, soak=10, abort_if=[rule]).run()  # fmt: skip
+        assert result["phase"] == "rolled_back", json.dumps(result, indent=1)[-3000:]
+        assert result["id"] == saved["id"] and any("resuming rollout" in line for line in result["log"])
+        assert result["reason"] == f"{rule}: store-a reports requests_http_invalid=6", result["reason"]
+        assert result["baselines"]["store-a"]["requests_http_invalid"] == 2
+        wait_for(lambda: _serving(canary, 1), "the canary rolled back to v1", timeout=30)
+        assert _health(canary)["model"]["version"] == 1
+        assert result["devices"]["store-b"]["status"] == "pending" and _health(agents["store-b"])["model"]["version"] == 1
+    finally:
+        for a in agents.values():
+            a.stop()
+        pub.close()
