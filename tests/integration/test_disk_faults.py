@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -447,3 +448,63 @@ def test_resumed_controller_judges_relative_rules_against_the_baseline_from_befo
         for a in agents.values():
             a.stop()
         pub.close()
+
+
+def test_restart_with_the_disk_unwritable_reports_the_lost_messages_after_the_restart(tmp_path, mosquitto, bundles, caplog):
+    """The shop is offline and the SD card read-only: telemetry piles up in memory (visible on /healthz
+    and /metrics), then the agent restarts. The shutdown logs the loss and leaves a marker on another
+    file system (here a plain folder standing in for /run); the restarted agent never reuses the lost
+    sequence numbers and, once its spool takes messages again, sends a ``telemetry_lost`` event with the count."""
+    import json
+    import logging
+
+    from edge.monitoring.telemetry import LOST_EVENT, loss_marker_path
+
+    run = tmp_path / "run"
+    run.mkdir()
+    tele = {"interval_s": 0.3, "fsync": False, "loss_marker_dir": str(run)}
+    # the sales ledger and the feedback store keep SQLite files open for writing (a read-only remount
+    # would be refused): they live on their own small disks, as in the read-only test above
+    with tmpfs(tmp_path / "disk", "2m") as disk, tmpfs(disk / DEVICE / "ingest", "1m"), tmpfs(disk / DEVICE / "feedback", "1m"):
+        agent, w, pub = _v1_then(tmp_path, mosquitto, bundles, disk, telemetry=tele)
+        marker = loss_marker_path(disk / DEVICE / "telemetry", run)
+        stopped = False
+        try:
+            wait_for(lambda: agent.telemetry.spool.pending == 0, "v1's events delivered")
+            seen_before = {e["seq"] for e in w.of(DEVICE)}
+            # telemetry appends open and close a spool file every 0.3 s: retry when one is open right then
+            wait_for(lambda: _run("mount", "-o", "remount,ro", str(disk)).returncode == 0, "a read-only remount")
+            mosquitto.stop()  # and the shop's line is down: nothing can go out live either
+            wait_for(lambda: agent.telemetry.spool.memory_only >= 3, "telemetry held in memory")
+            health = _health(agent)
+            assert health["disk"]["state"] == "disk_readonly" and health["disk"]["telemetry_in_memory"] >= 3
+            metrics = httpx.get(f"{agent.http_url}/metrics", timeout=5).text
+            assert re.search(r"^edgeship_telemetry_in_memory [1-9]", metrics, re.M), metrics[-2000:]
+            with caplog.at_level(logging.ERROR, logger="edge.monitoring.telemetry"):
+                agent.stop()
+                stopped = True
+            lost = json.loads(marker.read_text())
+            assert lost["count"] >= 3 and lost["reason"] == "disk_readonly" and lost["last_seq"] - lost["first_seq"] + 1 == lost["count"]
+            assert f"{lost['count']} telemetry/event messages held in memory are lost" in caplog.text
+            assert not seen_before & set(range(lost["first_seq"], lost["last_seq"] + 1))
+        finally:
+            if not stopped:
+                agent.stop()
+            w.close()
+            pub.close()
+        remount(disk, "rw")  # the card is back (after a reboot of the card reader, a fsck …)
+        mosquitto.start()
+        w = Watcher(mosquitto.url)
+        paths, k = bundles
+        again = _agent(disk / DEVICE, mosquitto.url, k, telemetry=tele)
+        try:
+            event = w.wait(DEVICE, LOST_EVENT, timeout=30)
+            assert event["detail"]["count"] == lost["count"] and event["detail"]["reason"] == "disk_readonly"
+            assert (event["detail"]["first_seq"], event["detail"]["last_seq"]) == (lost["first_seq"], lost["last_seq"])
+            assert min(e["seq"] for e in w.of(DEVICE)) >= lost["next_seq"]  # no lost number used again
+            assert again.telemetry.metrics.lost_at_restart._value.get() == lost["count"]
+            wait_for(lambda: not marker.exists(), "the loss marker removed once reported")
+            assert len(w.of(DEVICE, LOST_EVENT)) == 1
+        finally:
+            again.stop()
+            w.close()
