@@ -444,6 +444,16 @@ class Delivery:
             self._event("clock_wrong", wall=wall.isoformat(), floor=floor.isoformat(), behind_s=round(behind, 3))
         return floor
 
+    def superseded(self, targets: object | None) -> bool:
+        """True when a newer signed target for the same model was acted on after ``targets`` (the
+        :class:`models.targets.Targets` a transfer serves): e.g. a rollback command that arrived while
+        that transfer was being installed. The agent then does not activate it."""
+        if not isinstance(targets, Targets):
+            return False
+        with self._lock:
+            newest = self._issued.get(targets.model)
+        return newest is not None and targets.issued_at < newest
+
     def _set_issued(self, t: Targets) -> None:
         if self._issued.get(t.model) == t.issued_at:
             return
