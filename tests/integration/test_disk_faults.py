@@ -164,9 +164,10 @@ def test_disk_full_before_download_waits_then_completes_without_restart(tmp_path
 
 def test_read_only_disk_events_sent_live_then_update_completes(tmp_path, mosquitto, bundles):
     paths, k = bundles
-    with tmpfs(tmp_path / "disk", "2m") as disk, tmpfs(disk / DEVICE / "ingest", "1m"):
-        # the sales ledger (edge.serving.ingest_routes) keeps its SQLite files open for writing, which
-        # makes the kernel refuse a read-only remount; the kernel's own errors=remount-ro would not ask
+    with tmpfs(tmp_path / "disk", "2m") as disk, tmpfs(disk / DEVICE / "ingest", "1m"), tmpfs(disk / DEVICE / "feedback", "1m"):
+        # the sales ledger (edge.serving.ingest_routes) and the feedback store keep their SQLite files
+        # open for writing, which makes the kernel refuse a read-only remount; the kernel's own
+        # errors=remount-ro would not ask
         agent, w, pub = _v1_then(tmp_path, mosquitto, bundles, disk)
         try:
             wait_for(lambda: agent.telemetry.spool.pending == 0, "v1's events delivered")
