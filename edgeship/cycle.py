@@ -233,9 +233,10 @@ def run_cycle(
                       f"the shops will live through {future[0]} .. {future[-1]} ({len(future)} days)")  # fmt: skip
         if not (keys / "signing.key").exists():
             write_keypair(keys)
+        own = {"registry": work / "registry.json", "runs_dir": work / "runs"}  # the cycle's own, not ~/.edgeship
         first = reuse_first(out, base, keys)
         if first is None:
-            first = train(base, out, keys / "signing.key", progress=False)
+            first = train(base, out, keys / "signing.key", progress=False, **own)
             remember_first(out, base, first)
         rep = first.report
         v1 = int(rep["version"])
@@ -294,7 +295,7 @@ def run_cycle(
             say("6 realised", f"per store and version (ingest received {len(state.actuals or [])} actual rows):")
             print(format_report(rows), flush=True)
 
-            merged, second = retrain(base, fleet_dir, out, keys / "signing.key", progress=False)
+            merged, second = retrain(base, fleet_dir, out, keys / "signing.key", progress=False, **own)
             rep2 = second.report
             v2 = int(rep2["version"])
             fleet_lineage = rep2["lineage"]["dataset_source"]["fleet"]
