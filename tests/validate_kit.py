@@ -20,15 +20,18 @@ FEEDBACK_DB = Path("feedback") / "feedback.db"
 
 
 @contextlib.contextmanager
-def agent_and_app(tmp: Path, keys: Any, *, broker: str | None = None, auth: Any = None) -> Iterator[tuple[Agent, str]]:
+def agent_and_app(
+    tmp: Path, keys: Any, *, broker: str | None = None, auth: Any = None, state: Path | None = None, **agent_fields: Any
+) -> Iterator[tuple[Agent, str]]:
     """An agent serving a real LiteRT model (HTTP on an ephemeral port, MQTT if ``broker``) and the
-    validation app talking to it over HTTP; yields ``(agent, app_url)``."""
+    validation app talking to it over HTTP; yields ``(agent, app_url)``. ``state``: the agent's state
+    folder (default ``tmp/state``); ``agent_fields`` go to :class:`AgentConfig`."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     from edge.validate_app.app import launch
 
     bundle, _ = build_bundle(tmp / "m-v1.bundle.tar", keys[0], version=1, variants=("tflite-fp32",),
                              model_bytes=real_models(("tflite-fp32",)))  # fmt: skip
-    state = tmp / "state"
+    state = state or tmp / "state"
     store = ModelStore(state, [keys[1]])
     store.install(bundle)
     store.activate(1)
@@ -36,7 +39,7 @@ def agent_and_app(tmp: Path, keys: Any, *, broker: str | None = None, auth: Any 
                               "runtime": "litert"}  # fmt: skip
     if broker:
         fields.update(broker=broker, reconnect_min_s=0.5, reconnect_max_s=1, keepalive_s=5)
-    agent = Agent(AgentConfig(**fields)).start()
+    agent = Agent(AgentConfig(**{**fields, **agent_fields})).start()
     demo = None
     try:
         demo, url = launch(agent.http_url, port=0, auth=auth)

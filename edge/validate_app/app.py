@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 _SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
 _MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 _FIELDS = ("date", "store_nbr", "item_nbr")
+_CONCURRENCY = 4  # requests each endpoint runs at once (the agent batches; a Pi has 4 cores)
 
 
 def theme() -> gr.themes.Base:
@@ -234,6 +235,8 @@ class _App:
         try:
             ack = self.agent.feedback(body)
         except AgentError as exc:
+            if exc.code.startswith("disk_"):  # not stored on the device: say so, the form stays filled in
+                return _err(exc.message)
             _, rest = _field_errors(exc)
             per = "; ".join(d.get("message", "") for d in exc.details)
             return _err(per or rest)
@@ -324,13 +327,16 @@ def build(agent_url: str, *, token: str | None = None, validator: str = "") -> g
             download = gr.File(label="Download", elem_id="batch-download")
 
         form = [date, store, item, promo]
-        demo.load(app.choices, outputs=[store, item, status, date], api_name=False)
+        # each event's own limit here rather than demo.queue(default_concurrency_limit=…): queue() rebuilds
+        # the whole FastAPI app once more (about a second of start on a Pi)
+        lim = {"concurrency_limit": _CONCURRENCY}
+        demo.load(app.choices, outputs=[store, item, status, date], api_name=False, **lim)
         go.click(app.predict, inputs=form, outputs=[forecast, candidate, model, plot, date_err, store_err, item_err, last],
-                 api_name="predict")  # fmt: skip
-        explain_btn.click(app.explain, inputs=form, outputs=[bars, explain_md], api_name="explain")
+                 api_name="predict", **lim)  # fmt: skip
+        explain_btn.click(app.explain, inputs=form, outputs=[bars, explain_md], api_name="explain", **lim)
         send.click(app.feedback, inputs=[*form, verdict, actual, comment, validator_box, last], outputs=[feedback_md],
-                   api_name="feedback")  # fmt: skip
-        run.click(app.batch, inputs=[upload], outputs=[table, download, batch_md], api_name="predict_batch")
+                   api_name="feedback", **lim)  # fmt: skip
+        run.click(app.batch, inputs=[upload], outputs=[table, download, batch_md], api_name="predict_batch", **lim)
     return demo
 
 
@@ -353,7 +359,6 @@ def launch(
     """Build and serve the app; returns ``(blocks, url)`` (``block=True`` serves until interrupted)."""
     demo = build(agent_url, token=token, validator=validator)
     port = port or _free_port(host)
-    demo.queue(default_concurrency_limit=4)
     demo.launch(
         server_name=host,
         server_port=port,
