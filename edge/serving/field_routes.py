@@ -12,7 +12,10 @@ All read-only except feedback; all computed on the model the agent serves right 
     POST /v1/explain  {"instance": {date, store_nbr, item_nbr, onpromotion}}
                                     → {"prediction", "baseline_prediction", "contributions": [{feature,
                                        value, baseline, contribution}], "method", "permutations", "model"}
-    POST /v1/predict:candidate  {"instances": [...]}  → the shadow / A-B candidate's answer (404 if none)
+    POST /v1/predict:candidate  {"instances": [...]}  → the shadow / A-B candidate's answer, with its
+                                      "mode" and "share" (404 no_candidate if none)
+    POST /v1/predict:live  {"instances": [...]}  → the live model's answer, never routed to an A/B arm
+                                      (so the app can show both models side by side)
     POST /v1/feedback  FeedbackIn   → FeedbackAck (stored in SQLite, sent over MQTT, actuals → lag state);
                                       503 {"error": {"code": "disk_readonly" | "disk_full" | "disk_io"}}
                                       when the device cannot commit it (nothing taken: send it again)
@@ -164,6 +167,7 @@ class FieldApi:
             Route("/v1/history", self._history, methods=["GET"]),
             Route("/v1/explain", self._explain, methods=["POST"]),
             Route("/v1/predict:candidate", self._candidate, methods=["POST"]),
+            Route("/v1/predict:live", self._live, methods=["POST"]),
             Route("/v1/feedback", self._feedback, methods=["POST"]),
         ]
 
@@ -291,11 +295,27 @@ class FieldApi:
                 if predictor is None:
                     return _error("no_candidate", "no candidate model runs on this device", 404)
                 predictions = predictor.predict(body)
-                return JSONResponse({"predictions": predictions, "model": predictor.info.model_dump()})
+                settings = cand.settings
+                return JSONResponse({"predictions": predictions, "model": predictor.info.model_dump(),
+                                     "mode": settings.mode if settings else None,
+                                     "share": settings.share if settings else None})  # fmt: skip
         except RequestError as exc:
             return JSONResponse(exc.to_json(), status_code=exc.status)
         except Exception:
             logger.exception("candidate predict failed")
+            return _error("internal", "internal error", 500)
+
+    async def _live(self, request: Request) -> Response:
+        try:
+            body = await self._json(request)
+            with self.slot.use() as live:
+                if live is None:
+                    return _error("no_model", "no model is active yet", 503)
+                return JSONResponse({"predictions": live.predict(body), "model": live.info.model_dump()})
+        except RequestError as exc:
+            return JSONResponse(exc.to_json(), status_code=exc.status)
+        except Exception:
+            logger.exception("live predict failed")
             return _error("internal", "internal error", 500)
 
     async def _feedback(self, request: Request) -> Response:

@@ -164,13 +164,7 @@ class _App:
             )  # fmt: skip
         forecast = answer["predictions"][0]
         model = answer["model"]
-        cand_md = ""
-        try:
-            cand = self.agent.candidate(row)
-            cand_md = f"**Candidate forecast:** {cand['predictions'][0]:.2f} units · " + _model_md(cand["model"], "candidate")
-        except AgentError as exc:
-            if exc.code != "no_candidate":
-                cand_md = f"candidate: ⚠ {exc.message}"
+        cand_md = self._side_by_side(row, forecast, model)
         plot = empty
         try:
             h = self.agent.history(row["store_nbr"], row["item_nbr"], 28)
@@ -189,6 +183,34 @@ class _App:
             + (" (on promotion)" if row["onpromotion"] else ""),
             cand_md, _model_md(model, "Answered by"), plot, "", "", "", last,
         )  # fmt: skip
+
+    def _side_by_side(self, row: dict[str, Any], forecast: float, model: dict[str, Any]) -> str:
+        """With a shadow / A-B candidate: both models' forecasts, and which arm answered; else ""."""
+        try:
+            cand = self.agent.candidate(row)
+        except AgentError as exc:
+            return "" if exc.code == "no_candidate" else f"candidate: ⚠ {exc.message}"
+        c_pred, c_model = cand["predictions"][0], cand["model"]
+        arm = "candidate" if model["digest"] == c_model["digest"] and model["version"] == c_model["version"] else "live"
+        if arm == "live":
+            l_pred, l_model = forecast, model
+        else:  # an A/B split sent this row to the candidate: ask the live model on its own
+            try:
+                live = self.agent.live(row)
+                l_pred, l_model = live["predictions"][0], live["model"]
+            except AgentError as exc:
+                l_pred, l_model = None, {**model, "name": f"⚠ {exc.message}"}
+        mode = cand.get("mode") or "shadow"
+        share = cand.get("share")
+        how = f"{mode}, {share:.0%} of traffic" if isinstance(share, (int, float)) else mode
+        live_txt = f"{l_pred:.2f} units" if l_pred is not None else "n/a"
+        return (
+            f"| | forecast | model |\n|---|---:|---|\n"
+            f"| **live**{' ← answered' if arm == 'live' else ''} | {live_txt} | `{l_model['name']}` v{l_model['version']} "
+            f"· `{l_model['variant']}` · `{l_model['digest'][:12]}…` |\n"
+            f"| **candidate** ({how}){' ← answered' if arm == 'candidate' else ''} | {c_pred:.2f} units | "
+            f"`{c_model['name']}` v{c_model['version']} · `{c_model['variant']}` · `{c_model['digest'][:12]}…` |"
+        )
 
     # -- explanation ------------------------------------------------------------------------
     def explain(self, date: str, store: Any, item: Any, promo: bool) -> tuple[Any, str]:

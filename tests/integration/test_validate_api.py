@@ -142,3 +142,41 @@ def test_served_page_loads_nothing_from_outside(tmp_path, keys):
         outside = [r for r in refs if re.match(r"(https?:)?//", r) and not re.match(r"(https?:)?//(127\.0\.0\.1|localhost)", r)]
         assert not outside, outside
         assert "fonts.googleapis" not in html + css and "fonts.gstatic" not in html + css
+
+
+@pytest.mark.parametrize("mode", ["shadow", "ab"])
+def test_candidate_forecast_beside_the_live_one_and_the_arm_that_answered(tmp_path, keys, mode):
+    """v1 live, v2 (other weights) as candidate: the page shows both forecasts with their models and
+    marks the arm that answered; "Answered by" and the feedback record name that arm's model."""
+    from gradio_client import Client
+
+    with agent_and_app(tmp_path, keys, candidate={"mode": mode, "share": 1.0}) as (agent, url):
+        row = {"date": ROW[0], "store_nbr": 1, "item_nbr": 103520, "onpromotion": True}
+        live = httpx.post(agent.http_url + "/v1/predict:live", json={"instances": [row]}).json()
+        cand = httpx.post(agent.http_url + "/v1/predict:candidate", json={"instances": [row]}).json()
+        assert (live["model"]["version"], cand["model"]["version"], cand["mode"]) == (1, 2, mode)
+        assert abs(live["predictions"][0] - cand["predictions"][0]) > 0.01  # two different models
+        answered = cand if mode == "ab" else live  # A/B with share 1.0: every row goes to the candidate
+
+        forecast_md, side, model_md = Client(url, verbose=False).predict(*ROW, api_name="/predict")[:3]
+        assert f"{answered['predictions'][0]:.2f} units" in forecast_md
+        assert f"v{answered['model']['version']}" in model_md and answered["model"]["digest"][:12] in model_md
+        lines = {ln.split("|")[1].strip(): ln for ln in side.splitlines() if ln.startswith("| **")}
+        live_line = next(v for k, v in lines.items() if k.startswith("**live**"))
+        cand_line = next(v for k, v in lines.items() if k.startswith("**candidate**"))
+        assert f"{live['predictions'][0]:.2f} units" in live_line and "v1" in live_line and live["model"]["digest"][:12] in live_line
+        assert f"{cand['predictions'][0]:.2f} units" in cand_line and "v2" in cand_line and f"{mode}, 100% of traffic" in cand_line
+        assert ("← answered" in cand_line) == (mode == "ab") and ("← answered" in live_line) == (mode == "shadow")
+
+        msg = Client(url, verbose=False).predict(*ROW, "right", None, "", "ana", api_name="/feedback")
+        assert "stored on the device" in msg
+        assert device_feedback(agent)[-1]["model"]["version"] == answered["model"]["version"]
+
+
+def test_no_candidate_no_side_by_side(tmp_path, keys):
+    from gradio_client import Client
+
+    with agent_and_app(tmp_path, keys) as (agent, url):
+        r = httpx.post(agent.http_url + "/v1/predict:candidate", json={"instances": [{"date": ROW[0], "store_nbr": 1, "item_nbr": 103520}]})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "no_candidate"
+        assert Client(url, verbose=False).predict(*ROW, api_name="/predict")[1] == ""
