@@ -3,9 +3,10 @@
 Staff pick a store and a product (by name, with family and class), a day and promotion; the page
 shows the live model's forecast (and the shadow / A-B candidate's beside it when one runs), the
 model that answered (name, version, digest, variant), the item's recent daily sales from the
-agent's lag state with the forecast day after it, a per-prediction explanation computed on the edge
-model (Shapley sampling, :mod:`edge.serving.field_routes`), and a feedback form (right / wrong, actual
-units, comment). A "Batch CSV" tab forecasts uploaded rows with per-row errors.
+agent's lag state with the forecast days after it (each day up to the asked one), a
+per-prediction explanation computed on the edge model (Shapley sampling,
+:mod:`edge.serving.field_routes`), and a feedback form (right / wrong, actual units, comment). A
+"Batch CSV" tab forecasts uploaded rows with per-row errors.
 
 It talks to the agent only over HTTP (:class:`edge.validate_app.client.AgentClient`), so it runs on
 the device beside the agent or on a staff laptop. Nothing is fetched from the internet: the theme
@@ -23,6 +24,7 @@ Start it with ``edgeship validate --agent URL`` or :func:`launch`.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import logging
 import os
 import socket
@@ -168,11 +170,12 @@ class _App:
         plot = empty
         try:
             h = self.agent.history(row["store_nbr"], row["item_nbr"], 28)
+            days, units = self._forecast_days(row, h["end_date"], forecast)
             plot = pd.DataFrame(
                 {
-                    "date": pd.to_datetime(h["dates"] + h["dates"][-1:] + [row["date"]]),
-                    "units": h["unit_sales"] + h["unit_sales"][-1:] + [forecast],
-                    "series": ["actual sales (lag state)"] * len(h["dates"]) + ["forecast"] * 2,
+                    "date": pd.to_datetime(h["dates"] + h["dates"][-1:] + days),
+                    "units": h["unit_sales"] + h["unit_sales"][-1:] + units,
+                    "series": ["actual sales (lag state)"] * len(h["dates"]) + ["forecast"] * (1 + len(days)),
                 }
             )
         except AgentError as exc:
@@ -183,6 +186,21 @@ class _App:
             + (" (on promotion)" if row["onpromotion"] else ""),
             cand_md, _model_md(model, "Answered by"), plot, "", "", "", last,
         )  # fmt: skip
+
+    def _forecast_days(self, row: dict[str, Any], end: str, forecast: float) -> tuple[list[str], list[float]]:
+        """Every day from the lag state's end to the asked day, forecast in one request (the asked day's
+        value is the answer shown above); only that day if the agent refuses the others."""
+        first = dt.date.fromisoformat(end) + dt.timedelta(days=1)
+        n = (dt.date.fromisoformat(row["date"]) - first).days + 1
+        days = [(first + dt.timedelta(days=k)).isoformat() for k in range(max(n, 1))]
+        if len(days) <= 1:
+            return [row["date"]], [forecast]
+        try:
+            preds = self.agent.predict_rows([{**row, "date": d} for d in days[:-1]])["predictions"]
+        except AgentError as exc:
+            logger.info("forecast days before %s: %s", row["date"], exc.message)
+            return [row["date"]], [forecast]
+        return days, [*preds, forecast]
 
     def _side_by_side(self, row: dict[str, Any], forecast: float, model: dict[str, Any]) -> str:
         """With a shadow / A-B candidate: both models' forecasts, and which arm answered; else ""."""
@@ -288,8 +306,8 @@ class _App:
             preds = [None] * len(rows)
             errors = [{"index": int(d["field"][10:].split("]")[0]), **d} for d in exc.details if d["field"].startswith("instances[")]
         per_row: dict[int, list[str]] = {}
-        for e in errors:
-            per_row.setdefault(e["index"], []).append(e["message"])
+        for e in errors:  # "instances[3].store_nbr: unknown store 99 …" → "store_nbr: unknown store 99 …"
+            per_row.setdefault(e["index"], []).append(e["message"].replace(f"instances[{e['index']}].", ""))
         df = pd.DataFrame(rows)
         df["prediction"] = preds
         df["error"] = ["; ".join(per_row.get(i, [])) for i in range(len(rows))]
