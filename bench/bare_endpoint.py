@@ -1,7 +1,7 @@
 """The reference HTTP endpoint for ``bench/serving.py``: bare Starlette + LiteRT on the same model.
 
 What a hand-written endpoint does and no more: decode the JSON, put the row's numbers in the two
-input tensors (no validation, no table look-ups, no lag state), invoke, answer JSON. Served by the
+input tensors (ids clamped to 0/1 so any model's embeddings take them; no validation, no table look-ups, no lag state), invoke, answer JSON. Served by the
 same uvicorn with the same parser and loop as the agent (:func:`edge.serving.http.fast_stack`)::
 
     python -m bench.bare_endpoint --model path/to/model.tflite     # prints its URL, serves until SIGTERM
@@ -36,13 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     cat_d = next(d for k, d in ins.items() if "cat" in k)
     num_d = next(d for k, d in ins.items() if "num" in k)
     out_idx = interp.get_output_details()[0]["index"]
-    cat = np.zeros((1, 8), cat_d["dtype"])
-    num = np.zeros((1, 12), num_d["dtype"])
+    cat = np.zeros((1, int(cat_d["shape"][1])), cat_d["dtype"])
+    num = np.zeros((1, int(num_d["shape"][1])), num_d["dtype"])
 
     async def predict(request: Request) -> JSONResponse:
         body = json.loads(await request.body())
         row = body["instances"][0]
-        cat[0, 0], cat[0, 1] = row["store_nbr"] % 50, row["item_nbr"] % 1000
+        # ids into the embedding tables without a look-up: 0 (unknown) or 1 (the first known), valid for any model
+        cat[0, 0], cat[0, 1] = min(row["store_nbr"], 1), min(row["item_nbr"], 1)
         num[0, 0] = float(row["onpromotion"])
         interp.set_tensor(cat_d["index"], cat)
         interp.set_tensor(num_d["index"], num)

@@ -44,6 +44,7 @@ from edge.serving.mqtt import MqttServing
 from edge.serving.predictor import Predictor
 from edge.runtimes import available_runtimes
 from edge.serving.pipeline import Serving
+from edge.serving.priority import serving_first
 from edge.serving.slot import ModelSlot
 from edge.store.model_store import ModelStore
 from edge.monitoring.telemetry import Telemetry
@@ -276,7 +277,7 @@ class Agent:
         """Go back one version (or to ``to``) while serving: the earlier version is loaded and warmed
         beside the current one, the pointer moves atomically, then the predictor is swapped.
         Raises :class:`edge.store.versions.RollbackError` when there is nothing verified to go back to."""
-        with self._update_lock:
+        with self._update_lock, serving_first():
             target = rollback_target(self.store, self.history, to)
             predictor = self._open_predictor(verify_unpacked(self.store.version_dir(target), self.store.trusted))
             try:
@@ -362,7 +363,7 @@ class Agent:
         bundle_path = Path(bundle_path)
         ann = announcement
         version = ann.version if ann is not None else 0
-        with self._update_lock:
+        with self._update_lock, serving_first():  # requests keep the GIL's attention meanwhile
             self._disk_fault, keep_download = None, False
             before = set(self.store.versions())
             bundle: VerifiedBundle | None = None

@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 #: The model inputs by role, and their dtype and width.
 FEED_ROLES: dict[str, tuple[type, int]] = {"cat": (np.int32, len(CAT_FEATURES)), "num": (np.float32, len(NUM_FEATURES))}
+_INT32, _FLOAT32 = np.dtype(np.int32), np.dtype(np.float32)
+_CAT_WIDTH, _NUM_WIDTH = len(CAT_FEATURES), len(NUM_FEATURES)
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -103,7 +105,7 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     def _infer(self, cat: np.ndarray, num: np.ndarray) -> np.ndarray:
-        """Run ``cat`` int32 [N, 8] and ``num`` float32 [N, 12] (N ≥ 1); return the raw output."""
+        """Run ``cat`` int32 [N, 8] and ``num`` float32 [N, 22] (N ≥ 1); return the raw output."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -135,17 +137,26 @@ class Runtime(abc.ABC):
         logger.debug("loaded %s with %s (%d threads)", self.path.name, self.name, self.threads)
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Predict a batch of any size: ``{"cat": [N, 8], "num": [N, 12]}`` → float32 ``[N]`` (log1p space)."""
+        """Predict a batch of any size: ``{"cat": [N, 8], "num": [N, 22]}`` → float32 ``[N]`` (log1p space)."""
+        return self.infer_pair(feed["cat"], feed["num"])
+
+    def infer_pair(self, cat: np.ndarray, num: np.ndarray) -> np.ndarray:
+        """:meth:`infer` of the two inputs, without the dict (the serving hot path): arrays that
+        already are C-contiguous int32 / float32 are passed on as they are."""
         if not self._loaded:
             raise RuntimeError(f"{self.name}: call load() before infer()")
-        cat = np.ascontiguousarray(feed["cat"], dtype=np.int32)
-        num = np.ascontiguousarray(feed["num"], dtype=np.float32)
+        if type(cat) is not np.ndarray or cat.dtype != _INT32 or not cat.flags.c_contiguous:
+            cat = np.ascontiguousarray(cat, dtype=np.int32)
+        if type(num) is not np.ndarray or num.dtype != _FLOAT32 or not num.flags.c_contiguous:
+            num = np.ascontiguousarray(num, dtype=np.float32)
         n = cat.shape[0]
-        if cat.shape != (n, FEED_ROLES["cat"][1]) or num.shape != (n, FEED_ROLES["num"][1]):
+        if cat.shape != (n, _CAT_WIDTH) or num.shape != (n, _NUM_WIDTH):
             raise ValueError(f"feed shapes cat {cat.shape} / num {num.shape} do not match the contract")
         if n == 0:
             return np.zeros(0, np.float32)
-        out = np.asarray(self._infer(cat, num), dtype=np.float32)
+        out = self._infer(cat, num)
+        if type(out) is not np.ndarray or out.dtype != _FLOAT32:
+            out = np.asarray(out, dtype=np.float32)
         if out.size != n:
             raise RuntimeLoadError(f"{self.name}: model returned shape {out.shape} for {n} rows, expected [{n}, 1]")
         return out.reshape(n)

@@ -57,6 +57,12 @@ class LiteRTRuntime(Runtime):
         self._inputs: dict[str, dict[str, Any]] = {}
         self._output: dict[str, Any] = {}
         self._batch = 0
+        # the hot path, bound once per (re)allocation: see _bind()
+        self._set: Any = None
+        self._invoke: Any = None
+        self._get: Any = None
+        self._cat_index = self._num_index = self._out_index = -1
+        self._plain_in = self._plain_out = False
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -88,6 +94,17 @@ class LiteRTRuntime(Runtime):
             raise RuntimeLoadError(f"model has {len(outputs)} outputs, expected one")
         self._output = outputs[0]
         self._batch = 0
+        self._bind()
+
+    def _bind(self) -> None:
+        """Bind the interpreter's calls and tensor indices once, and note whether the inputs and
+        output need (de)quantising, so a call is two ``set_tensor``, ``invoke``, ``get_tensor``."""
+        interp = self._interp
+        self._set, self._invoke, self._get = interp.set_tensor, interp.invoke, interp.get_tensor
+        self._cat_index, self._num_index = self._inputs["cat"]["index"], self._inputs["num"]["index"]
+        self._out_index = self._output["index"]
+        self._plain_in = all(d["dtype"] == FEED_ROLES[role][0] for role, d in self._inputs.items())
+        self._plain_out = self._output["dtype"] == np.float32
 
     def _resize(self, n: int) -> None:
         for role, detail in self._inputs.items():
@@ -95,18 +112,24 @@ class LiteRTRuntime(Runtime):
         self._interp.allocate_tensors()
         self._output = self._interp.get_output_details()[0]
         self._batch = n
+        self._bind()
 
     def _infer(self, cat: np.ndarray, num: np.ndarray) -> np.ndarray:
-        n = cat.shape[0]
-        if n != self._batch:
-            self._resize(n)
-        for role, x in (("cat", cat), ("num", num)):
-            detail = self._inputs[role]
-            self._interp.set_tensor(detail["index"], _quantize(x, detail))
-        self._interp.invoke()
-        return _dequantize(self._interp.get_tensor(self._output["index"]), self._output)
+        if cat.shape[0] != self._batch:
+            self._resize(cat.shape[0])
+        if self._plain_in:  # the model takes int32 / float32 as they come: no conversion
+            self._set(self._cat_index, cat)
+            self._set(self._num_index, num)
+        else:
+            for role, x in (("cat", cat), ("num", num)):
+                detail = self._inputs[role]
+                self._set(detail["index"], _quantize(x, detail))
+        self._invoke()
+        y = self._get(self._out_index)
+        return y if self._plain_out else _dequantize(y, self._output)
 
     def close(self) -> None:
         self._interp = None
+        self._set = self._invoke = self._get = None
         self._loaded = False
         self._batch = 0

@@ -168,6 +168,17 @@ def parse(
     """Parse and validate one prediction request (raw JSON, a decoded body, a list of rows, a
     :class:`PredictRequest` or an already parsed request). Raises :class:`RequestError`: 400 for
     bad JSON, 413 beyond ``max_batch`` rows, 422 naming the field and rule otherwise."""
+    kind = type(body)
+    if kind is list:  # a list of rows (the embedded call): checked as the body {"instances": rows}
+        body, kind = {"instances": body}, dict
+    if kind is dict:  # the common case first, with no isinstance checks against ABCs
+        instances = body.get("instances")
+        if type(instances) is list:
+            if len(instances) > max_batch:
+                raise _too_many(len(instances), max_batch)
+            fast = _fast(body)
+            if fast is not None:
+                return fast
     if isinstance(body, ParsedRequest):
         if len(body.rows) > max_batch:
             raise _too_many(len(body.rows), max_batch)
