@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= edge,cloud,validate,dev
+EXTRAS ?= edge,cloud,validate,dev,tracking
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-random lint bench venv mosquitto clean help arm64-smoke dist

@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     cat_d = next(d for k, d in ins.items() if "cat" in k)
     num_d = next(d for k, d in ins.items() if "num" in k)
     out_idx = interp.get_output_details()[0]["index"]
-    cat = np.zeros((1, 8), cat_d["dtype"])
-    num = np.zeros((1, 12), num_d["dtype"])
+    cat = np.zeros((1, int(cat_d["shape"][1])), cat_d["dtype"])
+    num = np.zeros((1, int(num_d["shape"][1])), num_d["dtype"])
 
     async def predict(request: Request) -> JSONResponse:
         body = json.loads(await request.body())

@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         lambda: _call("bench.edge_install", args.work / "edge-install"))
     sec("Validation app: memory and start time",
         lambda: _call("bench.validate_app", args.work, result.bundle, pub))
+    # small default (54 stores x 50 items x 3 years); issue 14's full size: python -m bench.scale --full
+    sec("Scale: training on a large world, reading a large train.csv by window",
+        lambda: _call("bench.scale", args.work / "scale"))
     print(args.out.read_text())
     return 0
 

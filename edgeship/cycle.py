@@ -169,7 +169,8 @@ def run_cycle(
                       f"the shops will live through {future[0]} .. {future[-1]} ({len(future)} days)")  # fmt: skip
         if not (keys / "signing.key").exists():
             write_keypair(keys)
-        first = train(base, out, keys / "signing.key", progress=False)
+        own = {"registry": work / "registry.json", "runs_dir": work / "runs"}  # the cycle's own, not ~/.edgeship
+        first = train(base, out, keys / "signing.key", progress=False, **own)
         rep = first.report
         v1 = int(rep["version"])
         say("2 train", f"{rep['model']} v{v1}: validation NWRMSLE keras {rep['metrics']['keras']['nwrmsle']:.4f}, "
@@ -223,7 +224,7 @@ def run_cycle(
             say("6 realised", f"per store and version (ingest received {len(state.actuals or [])} actual rows):")
             print(format_report(rows), flush=True)
 
-            merged, second = retrain(base, fleet_dir, out, keys / "signing.key", progress=False)
+            merged, second = retrain(base, fleet_dir, out, keys / "signing.key", progress=False, **own)
             rep2 = second.report
             v2 = int(rep2["version"])
             fleet_lineage = rep2["lineage"]["dataset_source"]["fleet"]

@@ -183,7 +183,8 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
         keys = work / "keys"
         if not (keys / "signing.key").exists():
             write_keypair(keys)
-        result = train(data_dir, work / "out", keys / "signing.key")
+        # the demo keeps its own version registry and run records in its workdir, never the user's ~/.edgeship
+        result = train(data_dir, work / "out", keys / "signing.key", registry=work / "registry.json", runs_dir=work / "runs")
         assert result.bundle is not None
         rep = result.report
         print(f"[demo] trained {rep['model']} v{rep['version']}: NWRMSLE keras {rep['metrics']['keras']['nwrmsle']:.4f}, "

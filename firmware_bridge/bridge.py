@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firmware_bridge.crash import crash_point
 from firmware_bridge.link import SerialLink
 from firmware_bridge.metrics import BridgeMetrics
 from firmware_bridge.protocol import (
@@ -213,6 +214,8 @@ class Bridge:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._retry_lock = threading.Lock()
+        self._accepted = 0  # sale events the agent accepted in this process (crash point bridge_after_accept_<N>)
+        self._accepted_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> Bridge:
@@ -331,6 +334,11 @@ class Bridge:
                 if r is None:
                     continue
                 outcome = str(res.get("outcome"))
+                if outcome == "accepted":
+                    with self._accepted_lock:
+                        self._accepted += 1
+                        n = self._accepted
+                    crash_point(f"bridge_after_accept_{n}")
                 self.queue.remove(r["key"])
                 out[r["key"]] = outcome
                 self.metrics.sales.labels(outcome).inc()

@@ -184,7 +184,8 @@ class SimStats:
 
 
 class DeviceSim:
-    """One simulated shelf device. ``rate``: sale events per second (0: only what :meth:`sell` adds)."""
+    """One simulated shelf device. ``rate``: sale events per second on an ordinary day, scaled by the
+    ``profile``'s factor of the synced day (0: only what :meth:`sell` adds)."""
 
     def __init__(
         self,
@@ -304,9 +305,13 @@ class DeviceSim:
         with self._lock:
             return len(self._pending)
 
+    def next_interval(self, day: dt.date) -> float:
+        """Seconds to the next sale: Poisson arrivals at ``rate`` × the profile's factor of ``day``
+        (``rate`` is the average of an ordinary day; a Sunday or a payday in December sells more)."""
+        return self.rng.expovariate(self.rate * self.profile.factor(day))
+
     def _pick_item(self) -> tuple[int, float]:
-        weights = [b * self.profile.factor(self.today) for b in self.base]
-        i = self.rng.choices(range(len(self.items)), weights)[0]
+        i = self.rng.choices(range(len(self.items)), self.base)[0]  # the day's factor scales every item alike
         qty = 1 + int(self.rng.expovariate(1.5))  # mostly single units, some multi-packs
         return self.items[i], float(qty)
 
@@ -326,7 +331,7 @@ class DeviceSim:
                 self.sell(item, qty)
                 if self.predict_every and self.stats.sent % self.predict_every == 0:
                     self.request_prediction(item)
-                next_sale = now + self.rng.expovariate(self.rate)
+                next_sale = now + self.next_interval(self.today)
             if now - last_retry > self.retry_s / 2:
                 last_retry = now
                 with self._lock:

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 #: Bumped whenever the meaning, order or number of features changes.
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
 
 #: Days of per store×item sales history the lag features look at (the state window).
 LAG_WINDOW_DAYS = 56
@@ -59,6 +59,17 @@ NUM_FEATURES: tuple[str, ...] = (
     "lag_mean_28",
     "lag_zero_frac_28",
     "lag_dow_mean_8",  # mean of the same weekday over the last 8 weeks
+    # contract v2: more window statistics (the per-pair trends, stock-outs and level shifts of real shops)
+    "lag_mean_3",
+    "lag_mean_14",
+    "lag_mean_56",
+    "lag_std_28",
+    "lag_dow_mean_4",  # mean of the same weekday over the last 4 weeks
+    "lag_last",  # the window's last day
+    "lag_days_since_sale",  # days since the last day with sales / 56 (1 when none in the window)
+    "lag_slope_56",  # least-squares slope of the window, per 28 days
+    "lag_mean_nonzero_28",  # mean over the days with sales in the last 28 (the level, stock-outs aside)
+    "horizon",  # days between the window's end and the target day / 16
 )
 
 _Id = Annotated[StrictInt, Field(gt=0, lt=2**31)]

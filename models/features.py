@@ -17,7 +17,7 @@ vectors that prove it).
 ...              windows=np.zeros((1, LAG_WINDOW_DAYS), np.float32),
 ...              window_end=np.datetime64("2017-08-15"))
 >>> enc.cat.shape, enc.num.shape
-((1, 8), (1, 12))
+((1, 8), (1, 22))
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = [
     "SalesState",
     "encode",
     "lag_features",
+    "N_LAG_FEATURES",
     "target_transform",
     "target_inverse",
     "HOLIDAY_TYPES",
@@ -49,7 +50,7 @@ _KEY_SHIFT = 4096  # date-key packing: day * 4096 + place index (cities/states <
 
 @dataclasses.dataclass(frozen=True)
 class Encoded:
-    """The model's two inputs: ``cat`` int32 [N, 8] and ``num`` float32 [N, 12]."""
+    """The model's two inputs: ``cat`` int32 [N, 8] and ``num`` float32 [N, len(NUM_FEATURES)]."""
 
     cat: np.ndarray
     num: np.ndarray
@@ -282,24 +283,51 @@ def target_inverse(y: np.ndarray) -> np.ndarray:
     return np.maximum(np.expm1(np.asarray(y, dtype=np.float64)), 0.0)
 
 
-def lag_features(windows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Lag features [N, 4] from sales windows [N, 56] ending ``offsets`` days before the target.
+#: Number of lag (window) features :func:`lag_features` computes: the ``num`` columns from ``lag_mean_7`` on.
+N_LAG_FEATURES = len(NUM_FEATURES) - NUM_FEATURES.index("lag_mean_7")
+_HORIZON_SCALE = 16.0  # the served horizon (Kaggle's 16 days): ``horizon`` = offset / 16
+_T = np.arange(LAG_WINDOW_DAYS, dtype=np.float64)
+_SLOPE = (_T - _T.mean()) / ((_T - _T.mean()) ** 2).sum() * 28.0  # least-squares slope weights, per 28 days
 
-    ``offsets`` is ≥ 1: 1 means the window ends the day before the target day (the trainer's case);
-    larger means the agent predicts further ahead of its last known sales.
+
+def lag_features(windows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Lag features [N, :data:`N_LAG_FEATURES`] from sales windows [N, 56] ending ``offsets`` days before the target.
+
+    ``offsets`` is ≥ 1: 1 means the window ends the day before the target day; the trainer cycles
+    1…horizon, as the agent predicts up to the horizon past its last known sales. Columns, in
+    :data:`models.contract.NUM_FEATURES` order: means over 7 and 28 days, the share of zero days in
+    28, the same weekday's mean over 8 weeks, means over 3, 14 and 56 days, the standard deviation
+    over 28 days, the same weekday's mean over 4 weeks, the last day, days since the last sale / 56,
+    the slope per 28 days, the mean over the days with sales in 28, and offset / 16.
     """
     w = np.asarray(windows, dtype=np.float64)
     n = w.shape[0]
     offsets = np.broadcast_to(np.asarray(offsets, dtype=np.int64), (n,))
-    out = np.empty((n, 4), dtype=np.float64)
+    out = np.empty((n, N_LAG_FEATURES), dtype=np.float64)
     add = np.add.reduce  # mean() without its per-call overhead: the agent encodes one row at a time
+    w28 = w[:, -28:]
+    sold28 = w28 > 0.0
     out[:, 0] = add(w[:, -7:], axis=1) / 7
-    out[:, 1] = add(w[:, -28:], axis=1) / 28
-    out[:, 2] = np.count_nonzero(w[:, -28:] <= 0.0, axis=1) / 28
+    out[:, 1] = add(w28, axis=1) / 28
+    out[:, 2] = (28 - np.count_nonzero(sold28, axis=1)) / 28
     # Same weekday as the target: j days before the window end, with (j + offset) % 7 == 0.
     first = (-offsets) % 7
     cols = LAG_WINDOW_DAYS - 1 - (first[:, None] + 7 * np.arange(LAG_WINDOW_DAYS // 7)[None, :])
-    out[:, 3] = add(np.take_along_axis(w, cols, axis=1), axis=1) / (LAG_WINDOW_DAYS // 7)
+    same_dow = np.take_along_axis(w, cols, axis=1)  # newest first
+    out[:, 3] = add(same_dow, axis=1) / (LAG_WINDOW_DAYS // 7)
+    out[:, 4] = add(w[:, -3:], axis=1) / 3
+    out[:, 5] = add(w[:, -14:], axis=1) / 14
+    out[:, 6] = add(w, axis=1) / LAG_WINDOW_DAYS
+    out[:, 7] = np.sqrt(np.maximum(add(w28 * w28, axis=1) / 28 - out[:, 1] ** 2, 0.0))
+    out[:, 8] = add(same_dow[:, :4], axis=1) / 4
+    out[:, 9] = w[:, -1]
+    sold = w > 0.0
+    last_sale = np.where(sold.any(axis=1), LAG_WINDOW_DAYS - 1 - np.argmax(sold[:, ::-1], axis=1), -1)
+    out[:, 10] = np.where(last_sale >= 0, LAG_WINDOW_DAYS - 1 - last_sale, LAG_WINDOW_DAYS) / LAG_WINDOW_DAYS
+    out[:, 11] = w @ _SLOPE
+    n_sold = np.count_nonzero(sold28, axis=1)
+    out[:, 12] = add(w28, axis=1) / np.maximum(n_sold, 1)
+    out[:, 13] = offsets / _HORIZON_SCALE
     return out.astype(np.float32)
 
 
@@ -365,6 +393,6 @@ def encode(
     num[:, 5] = _contains(tables.regional_keys, day_num * _KEY_SHIFT + state) & (state > 0)
     num[:, 6] = _contains(tables.local_keys, day_num * _KEY_SHIFT + city) & (city > 0)
     num[:, 7] = _contains(tables.workdays, day_num)
-    num[:, 8:12] = lag_features(windows, offsets)
+    num[:, len(NUM_FEATURES) - N_LAG_FEATURES :] = lag_features(windows, offsets)
     assert cat.shape[1] == len(CAT_FEATURES)
     return Encoded(cat=cat, num=num)

@@ -95,6 +95,10 @@ class Manifest(_Strict):
     state: str = Field(default="state.npz", description="Member with the lag windows per store×item.")
     holdout: str = Field(default="holdout.npz", description="Member with the on-device gate's slice.")
     reference_stats: str = Field(default="reference_stats.json", description="Input statistics for drift.")
+    fallback: str | None = Field(
+        default=None,
+        description="Member with the cold-start windows (models.coldstart); None: pairs without history are refused.",
+    )
     files: dict[str, FileEntry] = Field(description="Every member but manifest.json and signature.json.")
 
     def variant(self, name: str) -> Variant:

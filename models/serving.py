@@ -35,6 +35,7 @@ __all__ = [
     "CandidateCommand",
     "SalesActuals",
     "MAX_SALES_ROWS",
+    "FallbackLevel",
     "ACTUALS_EVENT",
     "ACTUALS_CHUNK_ROWS",
 ]
@@ -49,6 +50,8 @@ ACTUALS_CHUNK_ROWS = 500
 _Id = Annotated[int, Strict(), Field(gt=0, lt=2**31)]
 _Sales = Annotated[float, Strict(), Field(ge=-1e9, le=1e9, allow_inf_nan=False)]
 _CorrelationId = Annotated[str, Field(max_length=128)]
+#: Cold-start levels (models.coldstart.LEVELS), most specific first.
+FallbackLevel = Literal["item", "family_store", "family_store_type", "global"]
 
 
 class _Message(BaseModel):
@@ -81,6 +84,11 @@ class PredictResponse(_Message):
     schema_version: Literal[1] = 1
     correlation_id: _CorrelationId | None = None
     predictions: list[float] = Field(description="Unit sales per request row, in order.")
+    fallback: list[FallbackLevel | None] | None = Field(
+        default=None,
+        description="Present when a row's store×item has no sales history: per row, the cold-start level its "
+        "forecast came from (item, family_store, family_store_type, global; null = the pair's own history).",
+    )
     model: ActiveModel = Field(description="The model that answered.")
 
 

@@ -8,6 +8,7 @@ have mosquitto || need+=(mosquitto mosquitto-clients)   # the real broker of the
 have strace    || need+=(strace)                         # the no-phone-home test
 have prometheus || need+=(prometheus)                    # promtool + a real Prometheus (fleet exporter, rules, dashboards)
 have gcc       || need+=(gcc libc6-dev)                  # the reference firmware's C core tests (ASan, UBSan)
+have g++       || need+=(g++)                            # the shelf-label sketch built on the host (tests/firmware_shim)
 have systemd-analyze || need+=(systemd)                  # systemd-analyze verify/security of deploy/systemd (tests)
 have chromium  || need+=(chromium)                       # the validation app's real-browser test
 have chromedriver || need+=(chromium-driver)             # Selenium's driver for Debian's chromium

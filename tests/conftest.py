@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,22 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Training runs record themselves and take version numbers from a registry (cloud.tracking): tests
+# never touch ~/.edgeship or a configured MLflow. Session-wide here; each test gets its own below.
+_TRACKING = Path(tempfile.mkdtemp(prefix="edgeship-tests-tracking-"))
+os.environ["EDGESHIP_RUNS_DIR"] = str(_TRACKING / "runs")
+os.environ["EDGESHIP_REGISTRY"] = str(_TRACKING / "versions.json")
+for _var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+    os.environ.pop(_var, None)
+
+
+@pytest.fixture(autouse=True)
+def _own_tracking(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own runs folder and version registry (module/session fixtures share the session's)."""
+    root = tmp_path_factory.mktemp("tracking")
+    monkeypatch.setenv("EDGESHIP_RUNS_DIR", str(root / "runs"))
+    monkeypatch.setenv("EDGESHIP_REGISTRY", str(root / "versions.json"))
 
 
 def require(condition: bool, why: str) -> None:

@@ -41,6 +41,8 @@ import pandas as pd
 __all__ = [
     "SynthSummary",
     "generate",
+    "DemandPatterns",
+    "DEMAND_PATTERNS",
     "FILES",
     "CITIES",
     "FAMILIES",
@@ -223,11 +225,45 @@ _TYPE_WEIGHTS = np.array([9, 8, 15, 18, 4], dtype=float)
 _TYPE_SCALE = {"A": 1.8, "B": 1.1, "C": 0.75, "D": 1.1, "E": 0.8}
 _TYPE_CLUSTERS = {"A": (5, 11, 14, 17), "B": (6, 16), "C": (3, 7, 12, 15), "D": (1, 2, 4, 8, 9, 13), "E": (10,)}
 
-# Monday..Sunday.
-_DOW = np.array([0.93, 0.86, 0.89, 0.87, 0.98, 1.20, 1.27])
-_MONTH = np.array([0.94, 0.95, 0.98, 0.98, 1.00, 0.98, 1.02, 1.00, 0.97, 0.99, 1.00, 1.14])
-_PAYDAY_LIFT = 1.18  # the 15th and the last day of the month
-_PAYDAY_AFTER = 1.07  # the day after
+
+@dataclass(frozen=True)
+class DemandPatterns:
+    """The calendar effects on demand in the synthetic data (multipliers; 1.0 = no effect).
+
+    ``weekday`` Monday..Sunday (each item carries a share of it: its weekend amplitude), ``month``
+    January..December, ``payday_lift`` on the 15th and the last day of a month, ``payday_after`` on
+    the day after (the 16th and the 1st). Other generators (``edgeship firmware-sim``) read them from
+    :data:`DEMAND_PATTERNS` so their demand looks like the training data's::
+
+        >>> DEMAND_PATTERNS.weekday[6] > DEMAND_PATTERNS.weekday[1]   # Sunday busier than Tuesday
+        True
+        >>> DEMAND_PATTERNS.factor(dt.date(2017, 8, 15)) == DEMAND_PATTERNS.weekday[1] * DEMAND_PATTERNS.month[7] * 1.18
+        True
+    """
+
+    weekday: tuple[float, ...]
+    month: tuple[float, ...]
+    payday_lift: float
+    payday_after: float
+
+    def factor(self, day: dt.date) -> float:
+        """The full weekday × month × payday multiplier of ``day``."""
+        last = (day + dt.timedelta(days=1)).day == 1
+        pay = self.payday_lift if day.day == 15 or last else self.payday_after if day.day in (16, 1) else 1.0
+        return self.weekday[day.weekday()] * self.month[day.month - 1] * pay
+
+
+#: The synthetic data's calendar effects (public; :func:`generate` uses exactly these).
+DEMAND_PATTERNS = DemandPatterns(
+    weekday=(0.93, 0.86, 0.89, 0.87, 0.98, 1.20, 1.27),
+    month=(0.94, 0.95, 0.98, 0.98, 1.00, 0.98, 1.02, 1.00, 0.97, 0.99, 1.00, 1.14),
+    payday_lift=1.18,
+    payday_after=1.07,
+)
+_DOW = np.array(DEMAND_PATTERNS.weekday)
+_MONTH = np.array(DEMAND_PATTERNS.month)
+_PAYDAY_LIFT = DEMAND_PATTERNS.payday_lift
+_PAYDAY_AFTER = DEMAND_PATTERNS.payday_after
 _HOLIDAY_LIFT = {"Holiday": 1.30, "Transfer": 1.30, "Additional": 1.15, "Bridge": 1.12, "Event": 1.08, "Work Day": 0.93}
 _RETURN_RATE = 0.0015
 _PROMO_SHARE = 0.08

@@ -49,7 +49,9 @@ __all__ = [
     "PreparedBundle",
     "Publisher",
     "PublishError",
+    "NotNewerError",
     "announcement_for",
+    "check_newer",
     "load_keylist",
     "publish",
     "read_bundle",
@@ -64,6 +66,35 @@ DEFAULT_EXPIRES_S = 7 * 24 * 3600
 
 class PublishError(RuntimeError):
     """The broker could not be reached, did not take the bundle, or the bundle or key is unusable."""
+
+
+class NotNewerError(PublishError):
+    """The fleet already announces this model at the bundle's version or above (or the same version
+    with another digest): devices would ignore it, or it is a rollback and must be said so."""
+
+
+def check_newer(previous: ModelAnnouncement | None, b: PreparedBundle, *, rollback: bool = False) -> None:
+    """Refuse (:class:`NotNewerError`, logged as a warning) to send ``b`` over ``previous``, the
+    fleet's retained announcement, unless ``b`` is newer, or ``rollback`` says an older one is meant.
+
+    >>> check_newer(None, b)  # doctest: +SKIP  (nothing announced yet: fine)
+    """
+    if previous is None or previous.model != b.model:
+        return
+    if previous.version < b.version:
+        return
+    if previous.version == b.version and previous.sha256 == b.sha256:
+        why = f"the fleet already announces {b.model} v{b.version} with this very bundle (sha256 {b.sha256[:12]}…): nothing to do"
+    elif previous.version == b.version:
+        why = (f"the fleet already announces {b.model} v{b.version} with another digest ({previous.sha256[:12]}… vs this "
+               f"bundle's {b.sha256[:12]}…): two different models may not share a version; train again for a new number")
+    else:
+        why = f"the fleet already announces {b.model} v{previous.version}, above this bundle's v{b.version}"
+    if rollback and previous.version != b.version:
+        logger.warning("%s; going ahead as a rollback", why)
+        return
+    logger.warning("refusing: %s", why)
+    raise NotNewerError(why + ("" if previous.version == b.version else " (say --rollback to go back to it on purpose)"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,6 +272,7 @@ class Publisher:
         self.client.on_disconnect = lambda *_: self._connected.clear()
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_unsubscribe = self._on_subscribe  # same signature: (client, userdata, mid, codes, properties)
 
     # -- connection -------------------------------------------------------------------------
     def connect(self, timeout: float = 15.0) -> Publisher:
@@ -304,17 +336,25 @@ class Publisher:
 
     def retained(self, topic: str, wait: float = 1.0) -> bytes | None:
         """The retained message on ``topic`` (None if there is none)."""
-        ev = threading.Event()
+        ev, done = threading.Event(), threading.Event()
         with self._lock:
             rc, mid = self.client.subscribe(topic, qos=1)
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 raise PublishError(f"subscribe to {topic} failed: {mqtt.error_string(rc)}")
             self._subacks[mid] = ev
         ev.wait(wait)
-        time.sleep(0.05)  # a retained message follows the SUBACK at once
-        self.client.unsubscribe(topic)
+        # The broker sends a retained message right after the SUBACK, in order on one connection; once
+        # the UNSUBACK is back, it has been handled (no guessing with a sleep).
+        with self._lock:
+            rc, unmid = self.client.unsubscribe(topic)
+            if rc == mqtt.MQTT_ERR_SUCCESS:
+                self._subacks[unmid] = done
+        if rc == mqtt.MQTT_ERR_SUCCESS:
+            done.wait(max(wait, 5.0))
         with self._lock:
             self._subacks.pop(mid, None)
+            if rc == mqtt.MQTT_ERR_SUCCESS:
+                self._subacks.pop(unmid, None)
             return self._retained.pop(topic, None) or None
 
     # -- sending ----------------------------------------------------------------------------
@@ -344,6 +384,18 @@ class Publisher:
         for i in range(count):
             self.send(topics.bundle_chunk(self.fleet, bundle_id, i), b"")
         self.flush()
+
+    def announced(self, model: str) -> ModelAnnouncement | None:
+        """The fleet's retained announcement for ``model`` (None when there is none or it is malformed)."""
+        topic = topics.model_announce(self.fleet, model)
+        raw = self.retained(topic, wait=1.0)
+        if not raw:
+            return None
+        try:
+            return ModelAnnouncement.model_validate_json(raw)
+        except ValidationError:
+            logger.warning("ignoring a malformed retained announcement on %s", topic)
+            return None
 
     def announce(self, ann: ModelAnnouncement) -> None:
         """The fleet's retained announcement for ``ann.model``."""
@@ -421,25 +473,25 @@ def publish(
     attributes: dict[str, str] | None = None,
     keylist: str | Path | Signed | None = None,
     downgrade: bool = False,
+    rollback: bool = False,
 ) -> ModelAnnouncement:
     """Publish ``bundle`` to every device of ``fleet``: retained chunks, then the signed announcement
     (with the key list: ``keylist``, or ``keylist.json`` beside ``key``); clears the previous version's
-    chunks. Returns the announcement sent."""
+    chunks. Returns the announcement sent.
+
+    Refuses (:class:`NotNewerError`, nothing sent) when the fleet's retained announcement is already
+    at or above the bundle's version, or the same version with another digest, unless ``rollback``
+    (which also signs the targets as a downgrade, so devices accept the older version)."""
     b = read_bundle(bundle, chunk_size)
+    downgrade = downgrade or rollback
     keys = keylist if isinstance(keylist, Signed) else load_keylist(keylist, key)
     t, env = sign_targets(
         key, bundle=b, fleet=fleet, expires_in=expires_in, hardware=hardware, attributes=attributes, downgrade=downgrade
     )
     ann = announcement_of(t, env, keys)
-    announce_topic = topics.model_announce(fleet, b.model)
     with Publisher(broker, fleet=fleet, window=window, timeout=timeout).connect() as pub:
-        raw = pub.retained(announce_topic, wait=1.0)
-        previous = None
-        if raw:
-            try:
-                previous = ModelAnnouncement.model_validate_json(raw)
-            except ValidationError:
-                logger.warning("ignoring a malformed retained announcement on %s", announce_topic)
+        previous = pub.announced(b.model)
+        check_newer(previous, b, rollback=rollback)
         pub.put_chunks(b, progress=progress)
         if keys is not None:
             pub.publish_keylist(keys)

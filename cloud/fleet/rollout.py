@@ -53,6 +53,7 @@ from cloud.fleet.publish import (
     PreparedBundle,
     Publisher,
     PublishError,
+    check_newer,
     load_keylist,
     read_bundle,
     sign_targets,
@@ -304,8 +305,12 @@ class Rollout:
         discover_s: float = 3.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         devices: Sequence[str] | None = None,
+        rollback: bool = False,
     ) -> None:
         self.bundle = read_bundle(bundle, chunk_size)
+        #: going back to an older version on purpose: no refusal when the fleet announces a newer one,
+        #: and the targets are signed as a downgrade
+        self.rollback = rollback
         self.broker = broker
         self.key = key
         self.state_dir = Path(state_dir)
@@ -466,8 +471,11 @@ class Rollout:
             raise RolloutError(f"rollout {current['id']} is still running (edgeship rollout abort, or wait)")
         # a controller killed mid-rollout (same bundle): pick its waves up where they stopped
         resume = current if current and current.get("phase") in ("running", "aborting") and current.get("sha256") == self.bundle.sha256 else None
-        (self.state_dir / ABORT_FILE).unlink(missing_ok=True)
         b = self.bundle
+        if resume is None:  # a new rollout: refuse what the fleet already announces (before any state is written)
+            with Publisher(self.broker, fleet=self.fleet) as probe:
+                check_newer(probe.announced(b.model), b, rollback=self.rollback)
+        (self.state_dir / ABORT_FILE).unlink(missing_ok=True)
         _register(self.state_dir, b)
         view = self._view = FleetView(self.broker, self.fleet)
         view.listeners.append(self._on_device)
@@ -558,7 +566,8 @@ class Rollout:
             for d in wave:
                 if self._device(d)["status"] == "active":
                     continue  # reached before the controller was restarted
-                t, env = sign_targets(self.key, bundle=b, fleet=self.fleet, devices=[d], rollout=self.id, expires_in=self.expires_in)
+                t, env = sign_targets(self.key, bundle=b, fleet=self.fleet, devices=[d], rollout=self.id, expires_in=self.expires_in,
+                                      downgrade=self.rollback)  # fmt: skip
                 pub.assign(d, announcement_of(t, env, self.keys), rollout=self.id)
                 self._set(d, "assigned", assigned_at=utcnow().isoformat())
             pub.flush()
@@ -571,7 +580,8 @@ class Rollout:
             self._log("wave %d succeeded", i)
             self._write()
         if self.promote:
-            t, env = sign_targets(self.key, bundle=b, fleet=self.fleet, rollout=self.id, expires_in=self.expires_in)
+            t, env = sign_targets(self.key, bundle=b, fleet=self.fleet, rollout=self.id, expires_in=self.expires_in,
+                                  downgrade=self.rollback)  # fmt: skip
             pub.announce(announcement_of(t, env, self.keys))
             self._log("promoted: the fleet announcement is now v%d", b.version)
         self.state.update(phase="succeeded")

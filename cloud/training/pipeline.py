@@ -25,9 +25,10 @@ from cloud.training import baselines
 from cloud.training.bundle import bundle_filename, write_bundle
 from cloud.training.gates import GateError, baseline_gate, parity_gate, run_variant, score
 from cloud.training.metrics import weights
-from cloud.training.prepare import encode_at, impute_promo, prepare
+from cloud.training.prepare import impute_promo, prepare
 from cloud.training.slices import group_nwrmsle, slice_labels, slices, store_type_gate
-from models.contract import LAG_WINDOW_DAYS
+from models.coldstart import Fallback
+from models.contract import LAG_WINDOW_DAYS, NUM_FEATURES
 from models.features import Encoded
 from models.holdout import write_holdout
 from models.fsutil import atomic_write_bytes
@@ -135,11 +136,58 @@ def train(
     progress: bool = True,
     feedback: str | os.PathLike[str] | None = None,
     lineage: dict[str, Any] | None = None,
+    track: bool = True,
+    runs_dir: str | os.PathLike[str] | None = None,
+    registry: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Run the whole training pipeline. Raises :class:`GateError` (after writing the report) if a gate fails.
 
     ``lineage``: extra facts merged into the manifest's ``lineage.dataset_source`` (e.g. ``{"fleet": {...}}``
-    from :mod:`cloud.training.retrain`: the base data's and the fleet actuals' hashes)."""
+    from :mod:`cloud.training.retrain`: the base data's and the fleet actuals' hashes).
+
+    With ``track`` (the default) the version comes from the one registry (:mod:`cloud.tracking.registry`:
+    MLflow's when ``MLFLOW_TRACKING_URI`` is set, else a local file; ``registry`` names another file)
+    and the run is recorded in the runs folder (:mod:`cloud.tracking.runs`; ``runs_dir``), and in MLflow
+    when configured. ``track=False``: the version is one more than the bundles in ``out_dir``, nothing recorded.
+    """
+    recipe = recipe or load_recipe()
+    kwargs = dict(recipe=recipe, start=start, end=end, stores=stores, progress=progress, feedback=feedback, lineage=lineage)
+    if not track:
+        return _train(data_dir, out_dir, key_path, version=version, **kwargs)
+    from cloud.tracking.session import TrackedRun
+
+    load_private_key(key_path)  # a bad key reserves no version
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    params = {
+        "recipe": recipe.model_dump(mode="json"),
+        "data": {"folder": str(Path(data_dir).resolve()), "start": start, "end": end, "stores": stores,
+                 "feedback": None if feedback is None else str(Path(feedback).resolve())},
+    }
+    with TrackedRun.start(
+        recipe.name, out, params=params, code_revision=code_revision(), requested=version,
+        floor=next_version(out, recipe.name), runs_dir=runs_dir, registry=registry,
+    ) as run:  # fmt: skip
+        result = _train(data_dir, out_dir, key_path, version=run.version, **kwargs)
+    result.report["run_id"] = run.id
+    return result
+
+
+def _train(
+    data_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    key_path: str | os.PathLike[str],
+    *,
+    recipe: Recipe | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    stores: list[int] | None = None,
+    version: int | None = None,
+    progress: bool = True,
+    feedback: str | os.PathLike[str] | None = None,
+    lineage: dict[str, Any] | None = None,
+) -> TrainResult:
+    """The pipeline itself (``version``: given, or one more than the bundles in ``out_dir``)."""
     from cloud.data import loader as favorita
 
     recipe = recipe or load_recipe()
@@ -220,8 +268,10 @@ def train(
     metrics["keras"] = score(valid.y, keras_pred, valid.perishable)
     preds["keras"] = keras_pred
     if truth is not None:  # the residual promotion effect: the same model scored with the grid's flags
-        leaky = dataclasses.replace(prep.matrix, promo=impute_promo(_grid_promo(grid, prep), prep.matrix.sales > 0, prep.matrix.item_nbr, unknown_days))
-        x_leaky = encode_at(prep.tables, leaky, valid.pair, valid.day, np.full_like(valid.day, int(valid.day.min()) - 1))
+        leaky = impute_promo(_grid_promo(grid, prep), prep.matrix.sales > 0, prep.matrix.item_nbr, unknown_days)
+        num = valid.x.num.copy()
+        num[:, NUM_FEATURES.index("onpromotion")] = np.clip(leaky[valid.pair, valid.day], 0.0, 1.0)
+        x_leaky = Encoded(valid.x.cat, num)  # the same rows, only the flags differ
         metrics["keras@imputed-flags"] = score(valid.y, predict_log(model, x_leaky), valid.perishable)
 
     # the gate: beat rf, ma-dow and mean14; LightGBM is the bar reported beside it (report.json, BENCHMARKS.md)
@@ -285,6 +335,8 @@ def train(
     members["tables.json"] = canonical_json(prep.tables.to_json())
     state = prep.matrix.state()
     members["state.npz"] = state.to_bytes()
+    # cold start: group windows for the catalogue's pairs without history (models.coldstart)
+    members["fallback.npz"] = Fallback.build(prep.tables, state.store_nbr, state.item_nbr, state.window, state.end_date).to_bytes()
     members["holdout.npz"] = write_holdout(
         valid.x.cat[holdout_idx], valid.x.num[holdout_idx], valid.y[holdout_idx],
         weights(valid.perishable[holdout_idx]), holdout_preds,
@@ -306,6 +358,7 @@ def train(
         },
         "parameters": recipe.model_dump(mode="json"),
         "metrics": metrics,
+        "fallback": "fallback.npz",
         "variants": [
             {
                 "name": n,

@@ -6,7 +6,10 @@ calls, from a lag window that ends ``offset`` days before the row's date:
 
 * validation rows use windows ending the day before the validation split starts (offsets 1…N), which
   is exactly what an agent does when it predicts the days after the last sales it knows;
-* training rows cycle through the same offsets, so the model learns to forecast 1…N days ahead.
+* training rows cycle through the same offsets, so the model learns to forecast 1…N days ahead;
+* cold start: a pair that sold nothing before the validation split is one a trainer at the split would
+  not know. Its training rows are dropped, and its validation rows are encoded, as the agent serves
+  such a pair, from the cold-start fallback window (:mod:`models.coldstart`) of the pairs that did sell.
 
 The split is by time, like the lecture's splitter: the last ``validation_days`` days validate.
 """
@@ -21,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from models.contract import LAG_WINDOW_DAYS
+from models.coldstart import Fallback
 from models.features import Encoded, SalesState, Tables, encode, target_transform
 
 __all__ = [
@@ -110,9 +114,9 @@ def sales_matrix(grid: pd.DataFrame) -> SalesMatrix:
     )
 
 
-def build_tables(stores: pd.DataFrame, items: pd.DataFrame, holidays: pd.DataFrame, item_nbrs: np.ndarray) -> Tables:
-    """Lookup tables for the bundle: the stores, the items the model has seen, every holiday."""
-    items = items[items["item_nbr"].isin(item_nbrs)]
+def build_tables(stores: pd.DataFrame, items: pd.DataFrame, holidays: pd.DataFrame) -> Tables:
+    """Lookup tables for the bundle: every store and every item of the catalogue (items without sales
+    are served from the cold-start fallback), every holiday."""
     hol = holidays.copy()
     hol["date"] = pd.to_datetime(hol["date"]).dt.strftime("%Y-%m-%d")
     return Tables.from_records(
@@ -121,14 +125,24 @@ def build_tables(stores: pd.DataFrame, items: pd.DataFrame, holidays: pd.DataFra
 
 
 def encode_at(
-    tables: Tables, m: SalesMatrix, pair: np.ndarray, day: np.ndarray, window_end: np.ndarray
+    tables: Tables,
+    m: SalesMatrix,
+    pair: np.ndarray,
+    day: np.ndarray,
+    window_end: np.ndarray,
+    cold_windows: np.ndarray | None = None,
 ) -> Encoded:
-    """Encode rows (pair index, day index) with lag windows ending on day index ``window_end``."""
+    """Encode rows (pair index, day index) with lag windows ending on day index ``window_end``.
+
+    ``cold_windows`` [P, 56] (NaN rows = none) replaces the windows of cold-start pairs."""
     cats, nums = [], []
     offsets = np.arange(LAG_WINDOW_DAYS) - (LAG_WINDOW_DAYS - 1)
     for lo in range(0, len(pair), _CHUNK):
         p, d, e = pair[lo : lo + _CHUNK], day[lo : lo + _CHUNK], window_end[lo : lo + _CHUNK]
         windows = m.log_sales[p[:, None], e[:, None] + offsets[None, :]]
+        if cold_windows is not None:
+            swap = ~np.isnan(cold_windows[p, 0])
+            windows[swap] = cold_windows[p[swap]]
         enc = encode(
             tables,
             dates=m.dates[d],
@@ -153,6 +167,7 @@ class Split:
     perishable: np.ndarray  # bool
     pair: np.ndarray  # pair index into the matrix
     day: np.ndarray  # day index into the matrix
+    fallback: np.ndarray | None = None  # per row: cold-start level of its window, "" = own history
 
     def __len__(self) -> int:
         return len(self.y)
@@ -211,23 +226,40 @@ def prepare(
     if valid_start - train_start < 7:
         need = LAG_WINDOW_DAYS + horizon + validation_days + 7
         raise ValueError(f"not enough days of data: have {n_days}, need at least {need}")
-    tables = build_tables(stores, items, holidays, m.item_nbr)
+    tables = build_tables(stores, items, holidays)
     perishable_by_pair = tables.perishable[np.maximum(tables.item_index(m.item_nbr), 0)].astype(bool)
     n_pairs = len(m.store_nbr)
+    # cold start: pairs without a sale before the split are unknown to a trainer at the split
+    warm = (m.sales[:, :valid_start] > 0).any(axis=1)
+    levels = np.full(n_pairs, "", dtype=object)
+    cold_windows = None
+    if not warm.all() and warm.any():
+        w = m.log_sales[warm, valid_start - LAG_WINDOW_DAYS : valid_start]
+        fb = Fallback.build(tables, m.store_nbr[warm], m.item_nbr[warm], w, m.dates[valid_start - 1])
+        lv, win = fb.windows_for(tables, m.store_nbr[~warm], m.item_nbr[~warm])
+        levels[~warm] = lv
+        cold_windows = np.full((n_pairs, LAG_WINDOW_DAYS), np.nan, np.float32)
+        cold_windows[~warm] = win
 
     def split(day_lo: int, day_hi: int, window_end: np.ndarray | None) -> Split:
         days = np.arange(day_lo, day_hi)
-        pair = np.repeat(np.arange(n_pairs), len(days))
-        day = np.tile(days, n_pairs)
+        pairs = np.arange(n_pairs) if window_end is not None else np.flatnonzero(warm)
+        pair = np.repeat(pairs, len(days))
+        day = np.tile(days, len(pairs))
         if window_end is None:  # training: cycle offsets 1..horizon
             end = day - 1 - ((day + pair) % horizon)
+            x = encode_at(tables, m, pair, day, end)
         else:
             end = np.full_like(day, window_end)
-        x = encode_at(tables, m, pair, day, end)
-        return Split(x, m.log_sales[pair, day], m.sales[pair, day], perishable_by_pair[pair], pair, day)
+            x = encode_at(tables, m, pair, day, end, cold_windows)
+        return Split(
+            x, m.log_sales[pair, day], m.sales[pair, day], perishable_by_pair[pair], pair, day, levels[pair].astype(str)
+        )
 
     train = split(train_start, valid_start, None)
     valid = split(valid_start, n_days, np.int64(valid_start - 1))
+    if cold_windows is not None:
+        logger.info("%d pairs without sales before the split: validated from the cold-start fallback", int((~warm).sum()))
     fmt = lambda i: str(m.dates[i])  # noqa: E731
     logger.info("prepared %d train and %d validation rows over %d pairs", len(train), len(valid), n_pairs)
     return Prepared(

@@ -2,7 +2,7 @@
 
 :func:`slices` scores every model's validation predictions per perishable flag, store type, item
 family, promotion status, horizon day (1 = the day after the last known sales) and cold-start
-status (a pair that sold nothing in the 56-day window before the split). :func:`store_type_gate`
+status (``warm``, or the cold-start fallback level of a pair that sold nothing before the split). :func:`store_type_gate`
 fails when a store type's NWRMSLE is worse than ``ratio`` × the overall one.
 
 >>> import numpy as np
@@ -21,7 +21,6 @@ import numpy as np
 from cloud.training.gates import Verdict
 from cloud.training.metrics import nwrmsle_log
 from cloud.training.prepare import Prepared
-from models.contract import LAG_WINDOW_DAYS
 
 __all__ = ["group_nwrmsle", "slice_labels", "slices", "store_type_gate"]
 
@@ -46,14 +45,15 @@ def slice_labels(prep: Prepared) -> dict[str, np.ndarray]:
     store_type = np.array(t.vocab["store_type"])[np.maximum(t.store_type[s_row] - 1, 0)]
     family = np.array(t.vocab["family"])[np.maximum(t.family[i_row] - 1, 0)]
     promo = m.promo[v.pair, v.day]
-    cold = ~(m.log_sales[:, cut - LAG_WINDOW_DAYS : cut] > 0).any(axis=1)
+    # cold start: the fallback level a pair without sales before the split was encoded from, else "warm"
+    cold = np.full(len(v), "warm", dtype=object) if v.fallback is None else np.where(v.fallback == "", "warm", v.fallback)
     return {
         "perishable": np.where(v.perishable, "perishable", "non-perishable"),
         "store_type": store_type,
         "family": family,
         "promotion": np.where(promo >= 0.75, "on", np.where(promo <= 0.25, "off", "unknown")),
         "horizon_day": np.array([f"{d:02d}" for d in (v.day - cut + 1)]),
-        "cold_start": np.where(cold[v.pair], "cold", "warm"),
+        "cold_start": cold.astype(str),
     }
 
 

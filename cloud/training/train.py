@@ -18,7 +18,7 @@ from models.contract import CAT_FEATURES, NUM_FEATURES
 from models.features import Encoded
 from models.recipes import Recipe
 
-__all__ = ["quiet_tensorflow", "build_model", "fit", "predict_log"]
+__all__ = ["quiet_tensorflow", "build_model", "fit", "predict_log", "fill_unseen_embeddings"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def quiet_tensorflow() -> None:
 
 
 def build_model(recipe: Recipe, cardinalities: dict[str, int], y_mean: float) -> Any:
-    """Two inputs, ``cat`` int32 [N, 8] and ``num`` float32 [N, 12]; one output, log1p(sales)."""
+    """Two inputs, ``cat`` int32 [N, 8] and ``num`` float32 [N, 22]; one output, log1p(sales)."""
     quiet_tensorflow()
     import keras
 
@@ -42,12 +42,15 @@ def build_model(recipe: Recipe, cardinalities: dict[str, int], y_mean: float) ->
         column = cat_in[:, i]
         emb = keras.layers.Embedding(cardinalities[feature], arch.embedding_dims[feature], name=f"emb_{feature}")
         parts.append(emb(column))
-    x = keras.layers.Concatenate(name="features")(parts)
+    x = features = keras.layers.Concatenate(name="features")(parts)
     for j, units in enumerate(arch.hidden_units):
         x = keras.layers.Dense(units, activation="relu", name=f"dense_{j}")(x)
         if arch.dropout:
             x = keras.layers.Dropout(arch.dropout, seed=recipe.seed + j)(x)
     out = keras.layers.Dense(1, name="log_sales", bias_initializer=keras.initializers.Constant(y_mean))(x)
+    if arch.linear_skip:  # wide & deep: a linear path from every feature straight to the output
+        wide = keras.layers.Dense(1, use_bias=False, name="wide")(features)
+        out = keras.layers.Add(name="log_sales_sum")([out, wide])
     return keras.Model(inputs=[cat_in, num_in], outputs=out, name=recipe.name.replace("-", "_"))
 
 
@@ -68,7 +71,12 @@ def fit(
     keras.utils.set_random_seed(recipe.seed)
     tf.config.experimental.enable_op_determinism()
     model = build_model(recipe, cardinalities, float(np.mean(y)))
-    model.compile(optimizer=keras.optimizers.Adam(recipe.training.learning_rate), loss="mse")
+    tr = recipe.training
+    lr: Any = tr.learning_rate
+    if tr.lr_schedule == "cosine":
+        steps = int(np.ceil(len(y) / tr.batch_size)) * tr.epochs
+        lr = keras.optimizers.schedules.CosineDecay(tr.learning_rate, steps, alpha=0.05)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
     callbacks = []
     if progress:
         from tqdm.keras import TqdmCallback
@@ -84,7 +92,30 @@ def fit(
         verbose=0,
         callbacks=callbacks,
     )
+    fill_unseen_embeddings(model, x.cat)
     return model
+
+
+def fill_unseen_embeddings(model: Any, cat: np.ndarray, features: tuple[str, ...] = ("store", "item")) -> dict[str, int]:
+    """Give the stores and items no training row used (a new item of the catalogue, a store without
+    sales) the mean embedding of those that were, instead of their random initial one: a cold-start
+    pair then looks like an average store or item to the model. Returns how many rows were filled.
+
+    Index 0 ("unknown") is left alone: the agent refuses unknown stores and items."""
+    filled: dict[str, int] = {}
+    for feature in features:
+        layer = model.get_layer(f"emb_{feature}")
+        weights = np.array(layer.get_weights()[0])
+        used = np.zeros(len(weights), bool)
+        used[np.unique(cat[:, CAT_FEATURES.index(feature)])] = True
+        unseen = ~used
+        unseen[0] = False
+        if unseen.any() and used[1:].any():
+            weights[unseen] = weights[1:][used[1:]].mean(axis=0)
+            layer.set_weights([weights])
+        filled[feature] = int(unseen.sum())
+    logger.info("embeddings of unseen stores/items set to the mean: %s", filled)
+    return filled
 
 
 def predict_log(model: Any, x: Encoded, batch_size: int = 8192) -> np.ndarray:

@@ -8,7 +8,8 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter as Counter_
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -60,6 +61,13 @@ class AgentMetrics:
             registry=r,
         )
         self.predicted_rows = Counter("edgeship_predicted_rows", "Rows predicted.", registry=r)
+        self.fallback_rows = Counter(
+            "edgeship_fallback_rows",
+            "Rows of pairs without sales history, forecast from a cold-start fallback window, by level "
+            "(item, family_store, family_store_type, global).",
+            ["level"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "edgeship_model_info",
             "The active model (1); no series while none is active.",
@@ -122,6 +130,12 @@ class AgentMetrics:
             self.predicted_rows.inc(rows)
         for stage, value in (timings or {}).items():
             self.stage_duration.labels(stage).observe(value)
+
+    def observe_fallback(self, levels: Iterable[str | None]) -> None:
+        """Count a request's cold-start rows per fallback level (None = a pair with history, not counted)."""
+        counts = Counter_(level for level in levels if level is not None)
+        for level, n in counts.items():
+            self.fallback_rows.labels(level).inc(n)
 
     def set_model(self, info: ActiveModel | None) -> None:
         """Make ``info`` the only ``edgeship_model_info`` series (none when ``info`` is None)."""

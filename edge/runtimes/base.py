@@ -105,7 +105,7 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     def _infer(self, cat: np.ndarray, num: np.ndarray) -> np.ndarray:
-        """Run ``cat`` int32 [N, 8] and ``num`` float32 [N, 12] (N ≥ 1); return the raw output."""
+        """Run ``cat`` int32 [N, 8] and ``num`` float32 [N, 22] (N ≥ 1); return the raw output."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -137,7 +137,7 @@ class Runtime(abc.ABC):
         logger.debug("loaded %s with %s (%d threads)", self.path.name, self.name, self.threads)
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Predict a batch of any size: ``{"cat": [N, 8], "num": [N, 12]}`` → float32 ``[N]`` (log1p space)."""
+        """Predict a batch of any size: ``{"cat": [N, 8], "num": [N, 22]}`` → float32 ``[N]`` (log1p space)."""
         return self.infer_pair(feed["cat"], feed["num"])
 
     def infer_pair(self, cat: np.ndarray, num: np.ndarray) -> np.ndarray:

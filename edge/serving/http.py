@@ -16,6 +16,8 @@ Endpoints (the handlers are all here; :mod:`edge.serving.pipeline` does the work
     POST /v1/predict  {"instances": [{"date": "2017-08-16", "store_nbr": 1, "item_nbr": 103520,
                                       "onpromotion": false}]}
                       → 200 {"predictions": [4.2], "model": {"name", "version", "digest", "variant", "runtime"}}
+                        + "fallback": [null, "family_store", …] when a row's store×item has no sales history
+                          (its forecast comes from a cold-start group window, models.coldstart)
                       → 4xx {"error": {"code": "invalid_request", "message", "details": [{"field", "rule", "message"}]}}
                       → 503 {"error": {"code": "no_model", "message", "details": []}} while no model is active
     POST /v1/predict:batch  up to ``batching.endpoint_max_rows`` rows (10,000), validated one by one;
@@ -173,7 +175,7 @@ def create_app(
             reply = error_reply(exc)
             obs.failed(reply.outcome, time.perf_counter() - started, timings)
             return error_response(reply)
-        body = dumps({"predictions": answer.predictions, "model": answer.model_dict})
+        body = dumps(answer.body())
         obs.ok_request(time.perf_counter() - started, len(answer.predictions), timings)
         return Response(body, media_type=_JSON)
 
@@ -196,14 +198,16 @@ def create_app(
             with serving.use() as live:
                 if live is None:
                     raise Unavailable("no model is active yet")
-                predictions, errors = await asyncio.to_thread(serving.predict_rows, live, rows, timings)
+                fallback: list[str | None] = []
+                predictions, errors = await asyncio.to_thread(serving.predict_rows, live, rows, timings, fallback)
                 model = live.info_dict
             rows_ok = sum(p is not None for p in predictions)
             if not rows_ok:
                 details = [{k: e[k] for k in ("field", "rule", "message")} for e in errors]
                 raise RequestError(details)  # type: ignore[arg-type]
             outcome = "ok"
-            return json_response({"predictions": predictions, "errors": errors, "model": model})
+            cold = {"fallback": fallback} if any(f is not None for f in fallback) else {}
+            return json_response({"predictions": predictions, **cold, "errors": errors, "model": model})
         except Exception as exc:
             reply = error_reply(exc)
             outcome = reply.outcome

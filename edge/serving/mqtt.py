@@ -146,9 +146,7 @@ class MqttServing:
             self.metrics.observe_request("mqtt", reply.outcome, time.perf_counter() - started, timings=timings)
             self._error(self._response_predict, cid, reply)
             return
-        payload = dumps(
-            {"schema_version": 1, "correlation_id": cid, "predictions": answer.predictions, "model": answer.model_dict}
-        )
+        payload = dumps(answer.body(cid, mqtt=True))
         self.metrics.observe_request("mqtt", "ok", time.perf_counter() - started, rows=len(answer.predictions), timings=timings)
         self._publish(self._response_predict, payload)
 

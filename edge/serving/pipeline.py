@@ -65,6 +65,17 @@ class Answer:
     model: ActiveModel
     arm: str = "live"
     model_dict: dict[str, Any] | None = None  # ``model`` as JSON-ready dict (cached per predictor)
+    #: per row, the cold-start level of its lag window (None: own history); None when no row is cold
+    fallback: tuple[str | None, ...] | None = None
+
+    def body(self, correlation_id: str | None = None, *, mqtt: bool = False) -> dict[str, Any]:
+        """The response body: ``predictions``, ``fallback`` (only when a row is cold-start) and ``model``."""
+        out: dict[str, Any] = {"schema_version": 1, "correlation_id": correlation_id} if mqtt else {}
+        out["predictions"] = self.predictions
+        if self.fallback is not None:
+            out["fallback"] = list(self.fallback)
+        out["model"] = self.model_dict
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,7 +419,13 @@ class Serving:
             except Exception:
                 logger.exception("recording a prediction failed")
         target = p.target
-        return Answer(result[0], target.info, p.arm, target.info_dict)
+        fallback = p.job.prepared.fallback
+        if fallback is not None:
+            try:
+                self.metrics.observe_fallback(fallback)
+            except Exception:
+                logger.exception("recording a cold-start fallback failed")
+        return Answer(result[0], target.info, p.arm, target.info_dict, fallback)
 
     def _after(self, p: _Pending, result: tuple[list[float], np.ndarray]) -> None:
         """What happens once the caller has its answer: the prediction log, the shadow."""
@@ -545,9 +562,9 @@ class Serving:
         return out
 
     def predict_rows(
-        self, live: Any, rows: Sequence[Any], timings: dict[str, float]
+        self, live: Any, rows: Sequence[Any], timings: dict[str, float], fallback: list[str | None] | None = None
     ) -> tuple[list[float | None], list[dict[str, Any]]]:
-        """Per-row validation, then the valid rows (checked in chunks of ``max_batch``) encoded and
+        """Per-row validation (``fallback``, when given, receives each row's cold-start level), then the valid rows (checked in chunks of ``max_batch``) encoded and
         inferred in batches of up to ``batching.max_rows`` rows. Runs in a worker thread: a bulk
         body never blocks the event loop that serves the low-latency endpoint."""
         errors: dict[int, list[ErrorDetail]] = {}
@@ -579,6 +596,8 @@ class Serving:
                 break
         timings["validate"] = time.perf_counter() - t0
         predictions: list[float | None] = [None] * len(rows)
+        if fallback is not None:
+            fallback[:] = [None] * len(rows)
         limit = max(self.batching.max_rows, size)
         start = 0
         while start < len(jobs):
@@ -587,9 +606,15 @@ class Serving:
                 group.append(jobs[start])
                 n += len(jobs[start][1].prepared)
                 start += 1
-            for (indices, _job), (units, _y) in zip(group, self._run(live, [j for _, j in group]), strict=True):
+            for (indices, job), (units, _y) in zip(group, self._run(live, [j for _, j in group]), strict=True):
                 for i, v in zip(indices, units, strict=True):
                     predictions[i] = v
+                levels = job.prepared.fallback
+                if levels is not None:
+                    self.metrics.observe_fallback(levels)
+                    if fallback is not None:
+                        for i, level in zip(indices, levels, strict=True):
+                            fallback[i] = level
         flat = [{"index": i, **d} for i in sorted(errors) for d in errors[i]]
         return predictions, flat
 

@@ -39,6 +39,7 @@ from models.bundle import BundleError, VerifiedBundle, unpack_bundle, verify_unp
 from models.contract import PredictRequest
 from edge.serving.request import ParsedRequest, row_models
 from edge.serving.request import parse as parse_request
+from models.coldstart import Fallback
 from models.features import _KEY_SHIFT, Encoded, SalesState, Tables, _contains, lag_features, target_inverse
 from models.manifest import Manifest, Variant
 from models.messages import ActiveModel
@@ -121,6 +122,24 @@ def _load_runtime(
     raise BundleError("no_runtime", "no variant of the bundle could be loaded here: " + "; ".join(problems))
 
 
+def _load_fallback(bundle: VerifiedBundle) -> Fallback | None:
+    """The cold-start windows (:mod:`models.coldstart`), when the bundle ships them."""
+    manifest = bundle.manifest
+    if manifest.fallback is None:
+        return None
+    if manifest.fallback not in manifest.files:
+        raise BundleError("bad_fallback", f"manifest names fallback {manifest.fallback!r} but does not list it in files")
+    try:
+        fallback = Fallback.from_bytes(bundle.path(manifest.fallback).read_bytes())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError("bad_fallback", f"{manifest.fallback} cannot be read: {exc}") from exc
+    if str(fallback.end_date) != manifest.contract.state_end_date:
+        raise BundleError(
+            "bad_fallback", f"fallback ends {fallback.end_date}, manifest contract says {manifest.contract.state_end_date}"
+        )
+    return fallback
+
+
 def _load_tables_and_state(bundle: VerifiedBundle) -> tuple[Tables, SalesState]:
     manifest = bundle.manifest
     try:
@@ -169,7 +188,10 @@ class Prepared:
 
     request: ParsedRequest
     cat: np.ndarray  # int32 [n, 8]
-    num: np.ndarray  # float32 [n, 12]
+    num: np.ndarray  # float32 [n, len(NUM_FEATURES)]
+    #: per row, the cold-start level its lag window came from (None: the pair's own history);
+    #: None when every row has history (:mod:`models.coldstart`)
+    fallback: tuple[str | None, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.cat.shape[0])
@@ -194,10 +216,11 @@ class _View:
         self.ends = None if state.pair_end is None else np.asarray(state.pair_end, "M8[D]").astype(np.int64).tolist()
         self.horizon = horizon_days
         self.pairs: dict[tuple[int, int], int] = {}  # (store_nbr, item_nbr) → state row (-1: none)
-        self.lags: dict[tuple[int, int], tuple[float, ...]] = {}  # (state row, offset) → 4 lag features
-        # one request row → its encoded (cat [1, 8], num [1, 12]), read-only (shared by every request
-        # for that row, and by the drift monitor that keeps what it is given)
-        self.rows: dict[tuple[int, int, int, bool], tuple[np.ndarray, np.ndarray]] = {}
+        self.lags: dict[tuple[int, int], tuple[float, ...]] = {}  # (state row, offset) → lag features
+        # one request row → its encoded (cat [1, 8], num [1, len(NUM_FEATURES)]) and its cold-start
+        # marks, read-only (shared by every request for that row, and by the drift monitor that keeps
+        # what it is given)
+        self.rows: dict[tuple[int, int, int, bool], tuple[np.ndarray, np.ndarray, tuple[str | None, ...] | None]] = {}
         self.version = version
 
 
@@ -219,6 +242,7 @@ class Predictor:
         state: SalesState,
         *,
         owned_dir: Path | None = None,
+        fallback: Fallback | None = None,
     ) -> None:
         self._bundle = bundle
         self._variant = variant
@@ -237,6 +261,10 @@ class Predictor:
         self._statics: dict[tuple[int, int], tuple[tuple[int, ...], float, int, int]] = {}
         self._dates: dict[int, tuple[tuple[int], tuple[float, float, float], float]] = {}
         self._places: dict[tuple[int, int, int], tuple[float, float]] = {}
+        # cold start: pairs without history encode a group window (fixed per bundle, never invalidated)
+        self._fallback = fallback
+        self._fb_end = None if fallback is None else int(np.datetime64(fallback.end_date, "D").astype(np.int64))
+        self._cold: dict[tuple[int, int, int], tuple[str, tuple[float, ...]]] = {}  # (store, item, offset) → level, lags
         self._info = ActiveModel(
             name=bundle.manifest.name,
             version=bundle.manifest.version,
@@ -289,6 +317,7 @@ class Predictor:
         (manifest order, or ``variant``: one name, or a preference list) whose runtime loads it and
         passes warm-up. ``runtime`` forces one plugin (e.g. ``"fake"`` in tests)."""
         tables, state = _load_tables_and_state(bundle)
+        fallback = _load_fallback(bundle)
         chosen, rt = _load_runtime(bundle, variant, runtime, threads, providers)
         logger.info(
             "loaded model",
@@ -300,7 +329,7 @@ class Predictor:
                 "providers": rt.active_providers,
             },
         )
-        return cls(bundle, chosen, rt, tables, state, owned_dir=_owned_dir)
+        return cls(bundle, chosen, rt, tables, state, owned_dir=_owned_dir, fallback=fallback)
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -400,7 +429,7 @@ class Predictor:
 
         The fast path: what does not change per request is cached (per store×item: the table
         look-ups and the state row; per date: calendar and holiday features; per state row and
-        offset: the four lag features), so a row costs a few dictionary look-ups. The lag caches
+        offset: the lag features; per cold pair and offset: its fallback level and lag features), so a row costs a few dictionary look-ups. The lag caches
         belong to the current lag state and are dropped when it changes (:meth:`set_state`,
         :meth:`invalidate`)."""
         t0 = time.perf_counter() if timings is not None else 0.0
@@ -415,23 +444,31 @@ class Predictor:
             if timings is not None:
                 timings["validate"] = t1 - t0
                 timings["encode"] = time.perf_counter() - t1
-            return Prepared(request, hit[0], hit[1])
+            return Prepared(request, hit[0], hit[1], hit[2])
         cats: list[tuple[int, ...]] = []
         nums: list[tuple[float, ...]] = []
+        levels: list[str | None] = []
+        cold = False
         for row in request.rows:
             enc = self._encode_row(view, row)
             if enc is None:
                 self._raise_row_errors(view, request)
             cats.append(enc[0])
             nums.append(enc[1])
-        prepared = Prepared(request, np.array(cats, dtype=np.int32), np.array(nums, dtype=np.float32))
+            levels.append(enc[2])
+            cold = cold or enc[2] is not None
+        prepared = Prepared(
+            request, np.array(cats, dtype=np.int32), np.array(nums, dtype=np.float32), tuple(levels) if cold else None
+        )
         if timings is not None:
             t2 = time.perf_counter()
             timings["validate"] = t1 - t0
             timings["encode"] = t2 - t1
         return prepared
 
-    def _encode_one(self, view: _View, request: ParsedRequest) -> tuple[np.ndarray, np.ndarray]:
+    def _encode_one(
+        self, view: _View, request: ParsedRequest
+    ) -> tuple[np.ndarray, np.ndarray, tuple[str | None, ...] | None]:
         """Encode a one-row request and keep its (read-only) arrays in the view's row cache."""
         row = request.rows[0]
         enc = self._encode_row(view, row)
@@ -443,11 +480,15 @@ class Predictor:
         num.flags.writeable = False
         if len(view.rows) >= _ROWS_MAX:
             view.rows.clear()
-        view.rows[row] = out = (cat, num)
+        view.rows[row] = out = (cat, num, None if enc[2] is None else (enc[2],))
         return out
 
-    def _encode_row(self, view: _View, row: tuple[int, int, int, bool]) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
-        """One row's (cat, num) from the caches; None when the row is not servable (errors: the slow path)."""
+    def _encode_row(
+        self, view: _View, row: tuple[int, int, int, bool]
+    ) -> tuple[tuple[int, ...], tuple[float, ...], str | None] | None:
+        """One row's (cat, num, fallback level) from the caches; None when the row is not servable
+        (errors: the slow path). A pair without history takes its lag window from the bundle's
+        cold-start fallback (:mod:`models.coldstart`), through the same lag features."""
         day, store, item, promo = row
         key = (store, item)
         static = self._statics.get(key)
@@ -461,18 +502,28 @@ class Predictor:
             if len(view.pairs) >= _CACHE_MAX:
                 view.pairs.clear()
             view.pairs[key] = pair
+        level = None
         if pair < 0:
-            return None
-        end = view.end if view.ends is None else view.ends[pair]  # this pair's last known day
-        offset = day - end
-        if not 0 < offset <= view.horizon:
-            return None
-        lags = view.lags.get((pair, offset))
-        if lags is None:
-            lags = tuple(float(v) for v in lag_features(view.state.window[pair : pair + 1], np.array([offset]))[0])
-            if len(view.lags) >= _CACHE_MAX:
-                view.lags.clear()
-            view.lags[(pair, offset)] = lags
+            if self._fb_end is None:
+                return None
+            offset = day - self._fb_end  # the fallback windows end where the bundle's state does
+            if not 0 < offset <= view.horizon:
+                return None
+            cold = self._cold.get((store, item, offset))
+            if cold is None:
+                cold = self._cold_of(store, item, offset)
+            level, lags = cold
+        else:
+            end = view.end if view.ends is None else view.ends[pair]  # this pair's last known day
+            offset = day - end
+            if not 0 < offset <= view.horizon:
+                return None
+            lags = view.lags.get((pair, offset))
+            if lags is None:
+                lags = tuple(float(v) for v in lag_features(view.state.window[pair : pair + 1], np.array([offset]))[0])
+                if len(view.lags) >= _CACHE_MAX:
+                    view.lags.clear()
+                view.lags[(pair, offset)] = lags
         dates = self._dates.get(day)
         if dates is None:
             dates = self._date_of(day)
@@ -482,7 +533,17 @@ class Predictor:
             place = self._place_of(day, static[2], static[3])
         cat = static[0] + dates[0]
         num = (1.0 if promo else 0.0, static[1], *dates[1], *place, dates[2], *lags)
-        return cat, num
+        return cat, num, level
+
+    def _cold_of(self, store: int, item: int, offset: int) -> tuple[str, tuple[float, ...]]:
+        """Per cold store×item and offset: the fallback level and the lag features of its window."""
+        assert self._fallback is not None
+        level, window = self._fallback.lookup(self._tables, store, item)
+        lags = tuple(float(v) for v in lag_features(window[None, :], np.array([offset]))[0])
+        if len(self._cold) >= _CACHE_MAX:
+            self._cold.clear()
+        self._cold[(store, item, offset)] = out = (level, lags)
+        return out
 
     def _static_of(self, store: int, item: int) -> tuple[tuple[int, ...], float, int, int] | None:
         """Per store×item: cat columns 0–6, perishable, the store's state and city index."""
@@ -621,11 +682,15 @@ class Predictor:
         s_ok = self._tables.store_index(store) >= 0
         i_ok = self._tables.item_index(item) >= 0
         pair = state.pair_index(store, item)
-        # per-row window end: stores that reported sales moved on, the others did not (online_state)
+        # per-row window end: stores that reported sales moved on, the others did not (online_state);
+        # a pair without history is served from the cold-start fallback, whose windows end with the bundle's
         end = np.broadcast_to(state.row_end(np.maximum(pair, 0)), dates.shape)
+        if self._fallback is not None:
+            end = np.where(pair < 0, np.datetime64(self._fallback.end_date, "D"), end)
+            pair = np.where(s_ok & i_ok & (pair < 0), -2, pair)  # servable: not a known_pair problem
         last_day = end + np.timedelta64(self.manifest.contract.horizon_days, "D")
         d_ok = (dates > end) & (dates <= last_day)
-        bad = np.flatnonzero(~(s_ok & i_ok & (pair >= 0) & d_ok))
+        bad = np.flatnonzero(~(s_ok & i_ok & (pair != -1) & d_ok))
         if not len(bad):
             return pair
         problems: list[ErrorDetail] = []
@@ -635,7 +700,7 @@ class Predictor:
                 problems.append(detail(f"{row}.store_nbr", "known_store", f"unknown store {store[r]}"))
             if not i_ok[r]:
                 problems.append(detail(f"{row}.item_nbr", "known_item", f"unknown item {item[r]}"))
-            if s_ok[r] and i_ok[r] and pair[r] < 0:
+            if s_ok[r] and i_ok[r] and pair[r] == -1:
                 problems.append(detail(row, "known_pair", f"no sales history for store {store[r]} and item {item[r]}"))
             if not d_ok[r]:
                 problems.append(

@@ -18,6 +18,8 @@ __all__ = ["MODULES", "Command"]
 MODULES = [
     "edgeship.commands.data",
     "edgeship.commands.train",
+    "edgeship.commands.runs",
+    "edgeship.commands.stage",
     "edgeship.commands.retrain",
     "edgeship.commands.keys",
     "edgeship.commands.delivery",

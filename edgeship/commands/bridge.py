@@ -1,8 +1,8 @@
 """``edgeship bridge``: shop microcontrollers on serial ↔ the edge agent; ``edgeship firmware-sim``: a fake device.
 
 The bridge imports only :mod:`firmware_bridge` (pyserial, the ``edge`` extra); the simulator takes
-its demand profile from :mod:`cloud.data.synth` (the same weekday, month and payday effects as
-the synthetic training data).
+its demand profile from :data:`cloud.data.synth.DEMAND_PATTERNS` (the same weekday, month and payday
+effects as the synthetic training data) and passes it in: :mod:`firmware_bridge` never imports ``cloud``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--items", type=int, default=3, metavar="N", help="how many items the shelf carries (default 3)")
     s.add_argument("--item-ids", metavar="ID,ID", help="item numbers (default: the first N of the sample items)")
     s.add_argument("--store", type=int, default=1, help="store number (default 1)")
-    s.add_argument("--rate", type=float, default=2.0, metavar="R", help="sale events per second (default 2)")
+    s.add_argument("--rate", type=float, default=2.0, metavar="R",
+                   help="sale events per second on an ordinary day, scaled by the weekday, month and payday effects "
+                   "of the synthetic data (default 2)")
     s.add_argument("--device-id", default="sim-shelf", help="the device id it says hello with")
     s.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead of a pty (0: any)")
     s.add_argument("--link", type=Path, metavar="PATH", help="symlink to the pty (stable across replugs)")
@@ -144,12 +146,8 @@ def synthetic_profile():  # -> DemandProfile
     from cloud.data import synth
     from firmware_bridge.sim import DemandProfile
 
-    return DemandProfile(
-        weekday=tuple(float(x) for x in synth._DOW),
-        month=tuple(float(x) for x in synth._MONTH),
-        payday_lift=float(synth._PAYDAY_LIFT),
-        payday_after=float(synth._PAYDAY_AFTER),
-    )
+    p = synth.DEMAND_PATTERNS
+    return DemandProfile(weekday=p.weekday, month=p.month, payday_lift=p.payday_lift, payday_after=p.payday_after)
 
 
 def demo_shelf(agent_url: str, store: int, item: int, day: dt.date, work: Path, *, sales: int = 20):

@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keylist", type=Path, help="root-signed key list to ship (default: keylist.json beside --key)")
     p.add_argument("--chunk-size", type=int, default=64 * 1024)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--rollback", action="store_true",
+                   help="going back to an older version on purpose (else refused when the fleet announces a newer one)")
     p.set_defaults(func=_publish)
 
     p = sub.add_parser("serve-bundles", help="keep bundles' chunks retained and answer devices' chunk requests", epilog=EPILOG, formatter_class=EXAMPLES)
@@ -67,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-promote", action="store_true", help="do not set the fleet announcement on success")
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     p.add_argument("--discover", type=seconds, default=3.0, help="seconds to gather the fleet's retained state")
+    p.add_argument("--rollback", action="store_true",
+                   help="rolling out an older version on purpose (else refused when the fleet announces a newer one)")
     p.set_defaults(func=_rollout)
     p = rollout.add_parser("status", help="the current (or last) rollout")
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
@@ -100,7 +104,7 @@ def _publish(args: argparse.Namespace) -> int:
         ann = publish(
             args.bundle, args.broker, key=args.key, fleet=args.fleet, chunk_size=args.chunk_size,
             progress=not args.no_progress, expires_in=args.expires_in, hardware=args.hardware,
-            attributes=select or None, keylist=args.keylist,
+            attributes=select or None, keylist=args.keylist, rollback=args.rollback,
         )  # fmt: skip
     except (PublishError, ValueError, FileNotFoundError, argparse.ArgumentTypeError) as exc:
         return error(str(exc))
@@ -141,6 +145,7 @@ def _rollout(args: argparse.Namespace) -> int:
                 abort_if=args.abort_if, gate_timeout=args.gate_timeout, soak=args.soak,
                 require_gate=args.require_gate, expires_in=args.expires_in, keylist=args.keylist,
                 promote=False if args.no_promote else None, discover_s=args.discover, devices=args.device,
+                rollback=args.rollback,
             )  # fmt: skip
             print(f"rollout {r.id}: state in {args.state_dir / 'rollout.json'}", flush=True)
             state = r.run()

@@ -20,10 +20,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start", type=iso_date, help="first day of train.csv to read (default: all)")
     p.add_argument("--end", type=iso_date, help="last day of train.csv to read (default: all)")
     p.add_argument("--stores", type=store_list, help="comma-separated store numbers (default: all)")
-    p.add_argument("--version", type=positive, help="model version (default: one more than in --out)")
+    p.add_argument("--version", type=positive, help="model version (default: the next free one in the registry)")
     p.add_argument("--recipe", default="favorita_demand", help="recipe name or JSON path")
     p.add_argument("--feedback", type=Path, help="feedback store (edgeship feedback collect --out): actuals as extra rows")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--runs-dir", type=Path, help="where the run record goes (default $EDGESHIP_RUNS_DIR or ~/.edgeship/runs)")
+    p.add_argument("--registry", type=Path,
+                   help="local version registry file (default: MLflow's when MLFLOW_TRACKING_URI is set, else "
+                        "$EDGESHIP_REGISTRY or ~/.edgeship/versions.json)")  # fmt: skip
+    p.add_argument("--no-track", action="store_true", help="record nothing; version = one more than the bundles in --out")
     p.set_defaults(func=_train)
 
 
@@ -37,6 +42,7 @@ def _train(args: argparse.Namespace) -> int:
         result = train(
             args.data, args.out, args.key, recipe=load_recipe(args.recipe), start=args.start, end=args.end,
             stores=args.stores, version=args.version, progress=not args.no_progress, feedback=args.feedback,
+            track=not args.no_track, runs_dir=args.runs_dir, registry=args.registry,
         )  # fmt: skip
     except GateError as exc:
         print(f"gate failed, nothing shipped: {exc}\nsee {args.out / 'report.json'}", file=sys.stderr)
@@ -56,4 +62,6 @@ def summary(report: dict) -> str:
             verdict = "shipped" if parity[name]["shipped"] else "not shipped: " + parity[name]["message"]
         lines.append(f"{name:<16} {m['nwrmsle']:>8.4f} {m['r2']:>7.3f}  {verdict}")
     lines.append(f"bundle: {report['bundle']}")
+    if report.get("run_id"):
+        lines.append(f"run: {report['run_id']} (edgeship runs show {report['run_id']})")
     return "\n".join(lines)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import Field
 
 from models.strict import Strict
@@ -33,12 +35,18 @@ class Architecture(_Strict):
     embedding_dims: dict[str, int] = Field(description="Embedding width per categorical feature.")
     hidden_units: list[int] = Field(min_length=1, description="Dense layer widths.")
     dropout: float = Field(ge=0, lt=1, description="Dropout after each dense layer.")
+    linear_skip: bool = Field(
+        default=False, description="Add a linear path from the features to the output (wide & deep)."
+    )
 
 
 class Training(_Strict):
     epochs: int = Field(gt=0, description="Passes over the training split.")
     batch_size: int = Field(gt=0, description="Rows per gradient step.")
     learning_rate: float = Field(gt=0, description="Adam learning rate.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="constant", description="constant, or cosine decay to 5% of learning_rate over all steps."
+    )
 
 
 class Serving(_Strict):

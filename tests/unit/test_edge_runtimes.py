@@ -9,6 +9,7 @@ import pytest
 from edge.runtimes import REGISTRY, available_runtimes, get_runtime, runtime_for_variant
 from edge.runtimes.base import RuntimeLoadError, match_inputs, warmup_feed
 from edge.runtimes.fake import FakeRuntime
+from models.contract import NUM_FEATURES
 from tests.bundle_kit import onnx_linear, tflite_linear
 from tests.conftest import require
 
@@ -19,7 +20,7 @@ def expected(num: np.ndarray) -> np.ndarray:
 
 def random_feed(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"cat": rng.integers(0, 5, (n, 8)).astype(np.int32), "num": rng.random((n, 12)).astype(np.float32)}
+    return {"cat": rng.integers(0, 5, (n, 8)).astype(np.int32), "num": rng.random((n, len(NUM_FEATURES))).astype(np.float32)}
 
 
 def test_registry_lists_every_plugin_and_reports_missing_ones():

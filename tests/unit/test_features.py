@@ -41,7 +41,7 @@ def _enc(tables, dates, stores, items, promo, windows, end="2017-08-09"):
 
 
 def test_contract_shapes():
-    assert len(CAT_FEATURES) == 8 and len(NUM_FEATURES) == 12 and LAG_WINDOW_DAYS == 56
+    assert len(CAT_FEATURES) == 8 and len(NUM_FEATURES) == 22 and LAG_WINDOW_DAYS == 56
 
 
 def test_golden_vector_categorical(tables):
@@ -93,6 +93,27 @@ def test_lag_features_hand_computed():
     # offset 3: the window's last same-weekday day is 4 days before its end → position -5 (=3)
     lags3 = lag_features(window, np.array([3]))[0]
     assert lags3[3] == pytest.approx((3 + 0.5 * 3) / 8)
+    # contract v2: the further window statistics
+    named = dict(zip(NUM_FEATURES[8:], lags, strict=True))
+    assert named["lag_mean_3"] == pytest.approx(6.0)
+    assert named["lag_mean_14"] == pytest.approx((28 + 7 * 0.5) / 14)
+    assert named["lag_mean_56"] == pytest.approx((28 + 21 * 0.5) / 56)
+    assert named["lag_std_28"] == pytest.approx(np.std(window[0, -28:]), rel=1e-5)
+    assert named["lag_dow_mean_4"] == pytest.approx((1 + 0.5 * 3) / 4)
+    assert named["lag_last"] == pytest.approx(7.0)
+    assert named["lag_days_since_sale"] == pytest.approx(0.0)
+    assert named["lag_slope_56"] == pytest.approx(np.polyfit(np.arange(LAG_WINDOW_DAYS), window[0], 1)[0] * 28, rel=1e-5)
+    assert named["lag_mean_nonzero_28"] == pytest.approx((28 + 21 * 0.5) / 28)
+    assert named["horizon"] == pytest.approx(1 / 16)
+    assert dict(zip(NUM_FEATURES[8:], lags3, strict=True))["horizon"] == pytest.approx(3 / 16)
+    gap = np.zeros((1, LAG_WINDOW_DAYS))
+    gap[0, -10] = 2.0  # last sale 9 days before the window's end
+    named_gap = dict(zip(NUM_FEATURES[8:], lag_features(gap, np.array([1]))[0], strict=True))
+    assert named_gap["lag_days_since_sale"] == pytest.approx(9 / 56)
+    assert named_gap["lag_mean_nonzero_28"] == pytest.approx(2.0)
+    assert dict(zip(NUM_FEATURES[8:], lag_features(np.zeros((1, LAG_WINDOW_DAYS)), np.array([1]))[0], strict=True))[
+        "lag_days_since_sale"
+    ] == pytest.approx(1.0)
 
 
 def test_unknown_store_and_item_encode_as_zero(tables):

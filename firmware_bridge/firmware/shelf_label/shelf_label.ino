@@ -35,7 +35,7 @@ static void send_hello() {
   h.capabilities = 0x0F;
   uint8_t p[ESP_MAX_PAYLOAD];
   send(ESP_HELLO, p, esp_hello_encode(&h, p), next_seq++);
-  esp_u32msg t = {millis()};
+  esp_u32msg t = {(uint32_t)millis()};
   send(ESP_TIME_REQUEST, p, esp_u32msg_encode(&t, p), next_seq++);
 }
 
@@ -50,6 +50,9 @@ static void record_sale(int32_t milli) {
 
 static void on_frame(const esp_frame &f) {
   switch (f.type) {
+    case ESP_HELLO:  // the bridge (re)started and does not know us yet: introduce ourselves (and resync)
+      send_hello();
+      break;
     case ESP_TIME_SYNC: {
       esp_u32msg t;
       if (esp_u32msg_decode(f.payload, f.length, &t) == ESP_OK) { clock_base_s = t.value; clock_base_ms = millis(); }
