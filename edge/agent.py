@@ -33,6 +33,7 @@ from typing import Any
 
 
 from edge.config import AgentConfig
+from edge.memory import release_free_memory
 from edge.store.crash import crash_point
 from edge.store.gate import GateFailed, gate_predictor
 from edge.runtimes.hardware import Choice, choose, detect
@@ -154,6 +155,7 @@ class Agent:
                 "broker": self.config.broker,
             },
         )
+        release_free_memory()  # what start-up freed (imports, verification, load and warm-up) leaves the RSS
 
     def stop(self, timeout: float = 10.0) -> None:
         """Publish ``stopping`` and ``offline``, disconnect, stop HTTP, close the model."""
@@ -430,6 +432,7 @@ class Agent:
                 prune_versions(self.store, self.history, self.config.keep_versions)
             except OSError as exc:
                 logger.warning("pruning old versions failed: %s", exc)
+        release_free_memory()  # the install's and the previous model's freed memory leaves the RSS
         info = predictor.info
         self._step("active", version, digest=info.digest, variant=info.variant, runtime=info.runtime)
         return True

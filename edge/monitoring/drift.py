@@ -137,7 +137,8 @@ class DriftMonitor:
         self._total = int(sizes.sum())
         self._counts = np.zeros(self._total, np.int64)
         w = self.config.window_rows
-        self._ring = np.zeros((w, len(self.features)), np.int64)
+        # bin ids (offsets into _counts, < _total) of the last w rows; int32 halves the window's memory
+        self._ring = np.zeros((w, len(self.features)), np.int32 if self._total < 2**31 else np.int64)
         self._filled = 0
         self._pos = 0
         self._buffer: list[Encoded] = []
