@@ -66,9 +66,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge.monitoring.metrics import TelemetryMetrics
 from models.fsutil import atomic_write_bytes
 from models import topics
 from models.messages import DeviceEvent, disk_reason
@@ -413,37 +414,6 @@ class Spool:
             return len(held)
 
 
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        self.spooled = Counter(
-            "edgeship_telemetry_spooled", "Telemetry and event messages stored for delivery.", ["kind"], registry=registry
-        )
-        self.delivered = Counter(
-            "edgeship_telemetry_delivered", "Spooled messages the broker acknowledged.", registry=registry
-        )
-        self.dropped = Counter(
-            "edgeship_telemetry_dropped", "Undelivered messages dropped because the spool was full.", registry=registry
-        )
-        self.pending = Gauge("edgeship_telemetry_pending", "Spooled messages not yet delivered.", registry=registry)
-        self.spool_bytes = Gauge("edgeship_telemetry_spool_bytes", "Bytes the spool holds on disk.", registry=registry)
-        self.unspooled = Counter(
-            "edgeship_telemetry_unspooled",
-            "Messages kept in memory because the spool could not be written (disk full, read-only, I/O error).",
-            registry=registry,
-        )
-        self.in_memory = Gauge(
-            "edgeship_telemetry_in_memory", "Undelivered messages held in memory only (spool not writable).", registry=registry
-        )
-        self.lost_at_restart = Counter(
-            "edgeship_telemetry_lost_at_restart",
-            "Messages held in memory (spool not writable) that the last shutdown lost; from the loss marker.",
-            registry=registry,
-        )
-        self.spool_ok = Gauge(
-            "edgeship_telemetry_spool_writable", "1 when the last message could be spooled to disk, else 0.", registry=registry
-        )
-
-
 class Telemetry:
     """The per-device sequence, the spool, periodic telemetry and the sender thread."""
 
@@ -459,7 +429,7 @@ class Telemetry:
     ) -> None:
         self.config = config or TelemetryConfig()
         self.device_id = device_id
-        self.metrics = _Metrics(registry)
+        self.metrics = TelemetryMetrics(registry)
         self.spool = Spool(
             folder,
             max_bytes=self.config.spool_max_bytes,
