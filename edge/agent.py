@@ -28,10 +28,12 @@ import logging
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 
 from edge.config import AgentConfig
+from edge.memory import release_free_memory
 from edge.store.crash import crash_point
 from edge.store.gate import GateFailed, gate_predictor
 from edge.runtimes.hardware import Choice, choose, detect
@@ -164,6 +166,7 @@ class Agent:
                 "broker": self.config.broker,
             },
         )
+        release_free_memory()  # what start-up freed (imports, verification, load and warm-up) leaves the RSS
 
     def stop(self, timeout: float = 10.0) -> None:
         """Publish ``stopping`` and ``offline``, disconnect, stop HTTP, close the model."""
@@ -454,12 +457,19 @@ class Agent:
         return None
 
     def install_and_activate(
-        self, bundle_path: str | Path, announcement: ModelAnnouncement | None = None, *, allow_downgrade: bool = False
+        self,
+        bundle_path: str | Path,
+        announcement: ModelAnnouncement | None = None,
+        *,
+        allow_downgrade: bool = False,
+        still_wanted: Callable[[], bool] | None = None,
     ) -> bool:
         """Install, verify, load, warm up and activate a bundle file; True if it is now served.
 
         On any failure the current model keeps serving, the refusal is recorded (metrics, state,
         events) and False is returned. A download under the store's ``downloads/`` is deleted after.
+        ``still_wanted`` is asked just before activating: False (a newer signed target, e.g. a rollout's
+        rollback command, arrived while this one was installing) refuses it as ``superseded``.
         """
         bundle_path = Path(bundle_path)
         ann = announcement
@@ -482,6 +492,8 @@ class Agent:
                 t_load = time.perf_counter()
                 predictor = self._open_predictor(bundle)  # loaded and warmed up beside the serving model
                 self._gate(predictor)
+                if still_wanted is not None and not still_wanted():
+                    raise BundleError("superseded", f"v{version}: a newer signed target arrived while it was installing")
                 crash_point("before_pointer_write")
                 self.store.activate(version)
                 self.history.record_activation(version, bundle.digest)
@@ -521,6 +533,7 @@ class Agent:
                 prune_versions(self.store, self.history, self.config.keep_versions)
             except OSError as exc:
                 logger.warning("pruning old versions failed: %s", exc)
+        release_free_memory()  # the install's and the previous model's freed memory leaves the RSS
         info = predictor.info
         self._step("active", version, digest=info.digest, variant=info.variant, runtime=info.runtime)
         return True
@@ -583,7 +596,12 @@ class Agent:
         current = self.predictor
         older = current is not None and current.name == ann.model and ann.version < current.version
         # only a signed rollback command (edge.delivery.updater) sets downgrade
-        if self.install_and_activate(path, ann, allow_downgrade=transfer.downgrade) and transfer.downgrade and older:
+        delivery = self.mqtt.delivery if self.mqtt is not None else None
+
+        def still_wanted() -> bool:
+            return delivery is None or not delivery.superseded(transfer.targets)
+
+        if self.install_and_activate(path, ann, allow_downgrade=transfer.downgrade, still_wanted=still_wanted) and transfer.downgrade and older:
             self._step("rolled_back", ann.version, reason="rollback_command")
         return self._disk_fault
 

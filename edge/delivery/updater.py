@@ -486,6 +486,17 @@ class Delivery:
             self._event("clock_wrong", wall=wall.isoformat(), floor=floor.isoformat(), behind_s=round(behind, 3))
         return floor
 
+    def superseded(self, targets: object | None) -> bool:
+        """True when a newer signed target for the same model was acted on after ``targets`` (the
+        :class:`models.targets.Targets` a transfer serves): e.g. a rollback command that arrived while
+        that transfer was being installed. The agent then does not activate it."""
+        if not isinstance(targets, Targets):
+            return False
+        with self._lock:
+            newest = self._issued.get(targets.model)
+        # a later mark set for another version (the mark of an upgrade may keep an earlier, higher time)
+        return newest is not None and targets.issued_at < newest[0] and newest[1] != targets.version
+
     def _signer(self, t: Targets, ann: ModelAnnouncement) -> str:
         trusted = {key_id(k) for k in self.trust.keys}
         sigs = ann.targets.signatures if ann.targets is not None else []

@@ -42,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
+
+from edge.monitoring.metrics import SalesMetrics
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.serving.errors import ErrorDetail, RequestError, detail, from_validation_error
@@ -219,20 +221,6 @@ def merge_state(bundle: SalesState, record: SalesRecord | None, tables: Tables |
     return SalesState(store_nbr=store, item_nbr=item, window=window, end_date=newest, pair_end=pair_end)
 
 
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        self.reports = Counter(
-            "edgeship_sales_reports", "Sales reports by transport and outcome.", ["transport", "outcome"], registry=registry
-        )
-        self.rows = Counter("edgeship_sales_rows", "Reported sales rows applied to the lag state.", registry=registry)
-        self.end = Gauge(
-            "edgeship_lag_state_end_timestamp_seconds",
-            "Last day of known sales in the live model's lag windows (unix time of its midnight UTC).",
-            registry=registry,
-        )
-        self.saves = Counter("edgeship_lag_state_saves", "Lag state writes to disk by outcome.", ["outcome"], registry=registry)
-
-
 class OnlineState:
     """The sales record, its persistence, and the views served to attached predictors. Thread-safe."""
 
@@ -244,7 +232,7 @@ class OnlineState:
     ) -> None:
         self.config = config or OnlineStateConfig()
         self.path = Path(path)
-        self.metrics = _Metrics(registry)
+        self.metrics = SalesMetrics(registry)
         self._lock = threading.RLock()
         self._record: SalesRecord | None = None
         self._attached: weakref.WeakSet[Any] = weakref.WeakSet()

@@ -49,10 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_agent_arguments(p: argparse.ArgumentParser) -> None:
-    from edge.config import parse_option
     from edge.runtimes import REGISTRY
 
     def _option(text: str):
+        from edge.config import parse_option  # here, not at parser build: every other command skips its import
+
         try:
             return parse_option(text)
         except ValueError as exc:
