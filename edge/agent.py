@@ -28,17 +28,21 @@ import logging
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 
 from edge.config import AgentConfig
+from edge.memory import release_free_memory
 from edge.store.crash import crash_point
 from edge.store.gate import GateFailed, gate_predictor
 from edge.runtimes.hardware import Choice, choose, detect
+from edge.serving.auth import http_auth_for
 from edge.serving.http import HttpServer, create_app
 from edge.serving.field_routes import FieldApi
 from edge.serving.ingest_routes import Ingest, ingest_routes
 from edge.monitoring.metrics import AgentMetrics
+from edge.delivery.commands import CandidateAuthority
 from edge.delivery.link import MqttLink
 from edge.serving.mqtt import MqttServing
 from edge.serving.predictor import Predictor
@@ -90,6 +94,7 @@ class Agent:
         # batching, shadow / A-B, online lag state, drift, prediction log (edge.serving.pipeline); telemetry on start
         self.serving = Serving.for_agent(self)
         self.telemetry: Telemetry | None = None
+        self._start_notes: list[tuple[str, dict[str, Any]]] = []
         self.field = FieldApi.for_agent(self)  # validation app's routes + feedback store (edge.serving.field_routes)
         self.ingest: Ingest | None = None  # sale events and sensor readings (edge.serving.ingest_routes)
 
@@ -119,6 +124,7 @@ class Agent:
                 max_body_bytes=self.config.max_body_bytes,
                 routes=[*ingest_routes(self), *self.field.routes()],  # serial bridge input; validation app + feedback
                 health=self.health,
+                auth=http_auth_for(self.config),  # edge.serving.auth: token for writes, JSON bodies
             )
             self.http = HttpServer(app, host, port)
             self.http.start()
@@ -134,8 +140,12 @@ class Agent:
                 trust=self.trust,
                 report=self._step,
                 activate_installed=self.activate_installed,
+                on_trust_changed=self.recheck_trust,
             )
-            mqtt_serving = MqttServing(self.serving, self.mqtt, max_payload_bytes=self.config.max_body_bytes)
+            authority = CandidateAuthority(self.trust, self.config, installed=self.installed_digest, blocked=self.blocked)
+            mqtt_serving = MqttServing(
+                self.serving, self.mqtt, max_payload_bytes=self.config.max_body_bytes, authorize=authority
+            )
             mqtt_serving.register_command("assign", self.mqtt.delivery.on_assign)  # signed assignments (edge.delivery.updater)
             mqtt_serving.attach()
             self.mqtt.delivery.make_room = self._make_room
@@ -144,6 +154,9 @@ class Agent:
             self.telemetry.start()
             self.serving.sales_sink = self.telemetry.actuals  # accepted sales go to the cloud (retraining)
             self.mqtt.start()
+        for kind, detail in self._start_notes:  # what start-up decided before events could be sent
+            self._note(kind, **detail)
+        self._start_notes.clear()
         logger.info(
             "agent started",
             extra={
@@ -153,6 +166,7 @@ class Agent:
                 "broker": self.config.broker,
             },
         )
+        release_free_memory()  # what start-up freed (imports, verification, load and warm-up) leaves the RSS
 
     def stop(self, timeout: float = 10.0) -> None:
         """Publish ``stopping`` and ``offline``, disconnect, stop HTTP, close the model."""
@@ -191,6 +205,15 @@ class Agent:
     @property
     def http_url(self) -> str | None:
         return self.http.url if self.http is not None else None
+
+    def security_health(self) -> dict[str, Any]:
+        """Extra ``/healthz`` fields (issue 7): the MQTT loop (a dead one is restarted and counted) and trust."""
+        out: dict[str, Any] = {}
+        if self.trust.roots:  # key lists in use: their version and whether the held one expired
+            out["trust"] = {"keylist_version": self.trust.keylist_version, "stale": self.trust.stale()}
+        if self.mqtt is not None:
+            out["mqtt"] = self.mqtt.health()
+        return out
 
     @property
     def refused(self) -> dict[str, str]:
@@ -329,10 +352,91 @@ class Agent:
                 skip.add(version)
             else:
                 if before is not None and (before.version, before.digest) != (version, bundle.digest):
-                    self.metrics.model_rollbacks.labels("damaged").inc()  # the active one did not verify or load
+                    why = self._why_unverified(before.version)
+                    if why is not None and why[0] == "bad_signature":  # its key was revoked: say so, loudly
+                        self.metrics.model_rollbacks.labels("revoked").inc()
+                        self.metrics.revoked_model_actions.labels("switched").inc()
+                        self._start_notes.append(("revoked_model", {
+                            "action": "switched", "from_version": before.version, "version": version, "message": why[1]}))
+                    else:
+                        self.metrics.model_rollbacks.labels("damaged").inc()  # the active one did not verify or load
                 self.history.record_activation(version, bundle.digest)
                 return
         logger.warning("no model installed yet; serving 503 until one arrives")
+
+    def installed_digest(self, version: int) -> str | None:
+        """The digest of installed ``version`` if it verifies with the keys trusted now (installed
+        versions passed the gate: a gate failure removes them), else None."""
+        try:
+            return verify_unpacked(self.store.version_dir(version), self.store.trusted).digest
+        except (BundleError, OSError):
+            return None
+
+    def blocked(self, version: int, digest: str) -> str | None:
+        """Why ``version`` may not serve (rolled back), or None."""
+        if version in self._no_serve or self.history.is_rolled_back(digest):
+            return "was rolled back and is never served again"
+        return None
+
+    def _why_unverified(self, version: int) -> tuple[str, str] | None:
+        """None if installed ``version`` verifies with the keys trusted now, else (reason, message)."""
+        try:
+            verify_unpacked(self.store.version_dir(version), self.store.trusted)
+            return None
+        except BundleError as exc:
+            return exc.reason, str(exc)
+        except OSError as exc:
+            return "missing_member", str(exc)
+
+    def _note(self, kind: str, **detail: Any) -> None:
+        log = logger.error if kind in ("revoked_model", "keylist_stale") else logger.info
+        log("%s: %s", kind, detail)
+        if self.mqtt is not None:
+            self.mqtt.publish_event(kind, **detail)
+            self.mqtt.publish_state()
+
+    def recheck_trust(self) -> None:
+        """The revocation policy, run whenever the trusted keys change (a new key list).
+
+        A model whose signature no longer verifies (its key was revoked) is never served: the agent
+        switches to the newest installed version that still verifies with the current keys (and was
+        not rolled back), recorded as a rollback (``rolled_back`` reason ``revoked_key``, metric
+        ``edgeship_model_rollbacks_total{reason="revoked"}``) and a ``revoked_model`` event; if none
+        verifies it stops serving (503, status ``no_model``, event action ``stopped``) rather than
+        serve a model nobody trusted signs. The same rule applies at start-up."""
+        with self._update_lock:
+            current = self.predictor
+            if current is None:
+                return
+            why = self._why_unverified(current.version)
+            if why is None:
+                return
+            for v in sorted(self.store.versions(), reverse=True):
+                if v == current.version or v in self._no_serve:
+                    continue
+                try:
+                    bundle = verify_unpacked(self.store.version_dir(v), self.store.trusted)
+                    if self.config.model is not None and bundle.manifest.name != self.config.model:
+                        continue
+                    predictor = self._open_predictor(bundle)
+                except Exception as exc:
+                    logger.info("v%d cannot replace the revoked model: %s", v, exc)
+                    continue
+                self.store.activate(v)
+                self.history.record_activation(v, bundle.digest)
+                self._serve(predictor)
+                self._no_serve.add(current.version)
+                self.metrics.model_rollbacks.labels("revoked").inc()
+                self.metrics.revoked_model_actions.labels("switched").inc()
+                self._note("revoked_model", action="switched", from_version=current.version, version=v, message=why[1])
+                self._step("rolled_back", v, reason="revoked_key")
+                return
+            self.slot.swap(None)
+            self.metrics.set_model(None)
+            self._status = "no_model"
+            self._no_serve.add(current.version)
+            self.metrics.revoked_model_actions.labels("stopped").inc()
+            self._note("revoked_model", action="stopped", from_version=current.version, message=why[1])
 
     def should_fetch(self, ann: ModelAnnouncement) -> str | None:
         """None if the announced bundle should be downloaded, else why not."""
@@ -353,12 +457,19 @@ class Agent:
         return None
 
     def install_and_activate(
-        self, bundle_path: str | Path, announcement: ModelAnnouncement | None = None, *, allow_downgrade: bool = False
+        self,
+        bundle_path: str | Path,
+        announcement: ModelAnnouncement | None = None,
+        *,
+        allow_downgrade: bool = False,
+        still_wanted: Callable[[], bool] | None = None,
     ) -> bool:
         """Install, verify, load, warm up and activate a bundle file; True if it is now served.
 
         On any failure the current model keeps serving, the refusal is recorded (metrics, state,
         events) and False is returned. A download under the store's ``downloads/`` is deleted after.
+        ``still_wanted`` is asked just before activating: False (a newer signed target, e.g. a rollout's
+        rollback command, arrived while this one was installing) refuses it as ``superseded``.
         """
         bundle_path = Path(bundle_path)
         ann = announcement
@@ -381,6 +492,8 @@ class Agent:
                 t_load = time.perf_counter()
                 predictor = self._open_predictor(bundle)  # loaded and warmed up beside the serving model
                 self._gate(predictor)
+                if still_wanted is not None and not still_wanted():
+                    raise BundleError("superseded", f"v{version}: a newer signed target arrived while it was installing")
                 crash_point("before_pointer_write")
                 self.store.activate(version)
                 self.history.record_activation(version, bundle.digest)
@@ -420,6 +533,7 @@ class Agent:
                 prune_versions(self.store, self.history, self.config.keep_versions)
             except OSError as exc:
                 logger.warning("pruning old versions failed: %s", exc)
+        release_free_memory()  # the install's and the previous model's freed memory leaves the RSS
         info = predictor.info
         self._step("active", version, digest=info.digest, variant=info.variant, runtime=info.runtime)
         return True
@@ -482,7 +596,12 @@ class Agent:
         current = self.predictor
         older = current is not None and current.name == ann.model and ann.version < current.version
         # only a signed rollback command (edge.delivery.updater) sets downgrade
-        if self.install_and_activate(path, ann, allow_downgrade=transfer.downgrade) and transfer.downgrade and older:
+        delivery = self.mqtt.delivery if self.mqtt is not None else None
+
+        def still_wanted() -> bool:
+            return delivery is None or not delivery.superseded(transfer.targets)
+
+        if self.install_and_activate(path, ann, allow_downgrade=transfer.downgrade, still_wanted=still_wanted) and transfer.downgrade and older:
             self._step("rolled_back", ann.version, reason="rollback_command")
         return self._disk_fault
 
@@ -520,7 +639,7 @@ class Agent:
     def health(self) -> dict[str, Any]:
         """What /healthz adds: the disk (:meth:`disk_health`) and whether the clock is believable."""
         clock_ok = self.mqtt.delivery.clock_ok if self.mqtt is not None else True
-        return {"disk": self.disk_health(), "clock": "ok" if clock_ok else "behind_signed_time"}
+        return {"disk": self.disk_health(), "clock": "ok" if clock_ok else "behind_signed_time", **self.security_health()}
 
     def _on_transfer_failed(self, ann: ModelAnnouncement, reason: str, message: str) -> None:
         if reason in TRANSIENT_REASONS:

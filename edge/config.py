@@ -34,7 +34,10 @@ _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.%a-zA-Z]+)\]|(?P<host>[A-Za-z
 
 
 def parse_host_port(value: str) -> tuple[str, int]:
-    """``"127.0.0.1:8080"`` → ``("127.0.0.1", 8080)``; ``"[::1]:0"`` → ``("::1", 0)`` (0 = any free port)."""
+    """``"127.0.0.1:8080"`` → ``("127.0.0.1", 8080)``; ``"[::1]:0"`` → ``("::1", 0)`` (0 = any free port);
+    a bare port listens on loopback only: ``"8080"`` → ``("127.0.0.1", 8080)``."""
+    if value.isdigit():
+        value = f"127.0.0.1:{value}"
     m = _HOST_PORT.match(value)
     if not m:
         raise ValueError(f"{value!r} must be HOST:PORT (IPv6 as [ADDR]:PORT)")
@@ -76,6 +79,14 @@ class AgentConfig(BaseModel):
     )
     http: str | None = Field(
         default=None, description="Serve HTTP on HOST:PORT ([::1]:8080 for IPv6; port 0 = any free port); None = off."
+    )
+    http_token_file: Path | None = Field(
+        default=None,
+        description="File whose first line is the bearer token HTTP writes (POST /v1/sales) need; else "
+        "EDGESHIP_HTTP_TOKEN; with neither, writes are accepted from loopback clients only (edge.serving.auth).",
+    )
+    http_auth_reads: bool = Field(
+        default=False, description="Require the bearer token for reading routes too (/v1/predict, /healthz, /metrics)."
     )
     model: str | None = Field(
         default=None, pattern=_ID, description="Accept only this model name's announcements; None = any model."

@@ -36,7 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    """The COMMAND word of an ``edgeship`` command line (skipping ``--log-level LEVEL``), or None."""
+    it = iter(argv)
+    for word in it:
+        if word == "--log-level":
+            next(it, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and _command(sys.argv[1:]) == "agent":  # this process is the agent: before numpy loads
+        from edge.memory import tune_process
+
+        tune_process()
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command != "agent":  # the agent sets up its own JSON-lines logging
         from edgeship.logs import setup_logging

@@ -13,10 +13,16 @@
 8. **canary rollout** of the new version with abort rules (:class:`cloud.fleet.rollout.Rollout`: a
    canary device first, then the rest; abort on install or gate failure or a breached rule).
 9. **promote or abort**: on success every agent serves the new version; on abort the reason is printed
-   and the devices are rolled back to the version they ran.
+   and the devices are rolled back to the version they ran: one line per agent with what its
+   ``/healthz`` says (the canary rolled back, the others never got the new version).
 
-With ``once`` the command exits after one cycle (0 when it promoted or cleanly aborted); without it, it
-keeps the fleet up until Ctrl-C.
+With a ``workdir`` that already holds ``keys/`` and ``out/`` with only the first bundle and its
+``cycle-first.json`` (written by an earlier cycle), step 2 reuses that model instead of training it
+again, provided the regenerated base data hashes the same.
+
+With ``once`` the command exits after one cycle; without it, it keeps the fleet up until Ctrl-C or
+SIGTERM. Exit code: 0 when it promoted, or aborted and every agent serves the previous version again
+(a clean abort); 1 otherwise (rollback incomplete, a step failed).
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ from typing import Any
 
 from edgeship.demo import EmbeddedBroker, _AgentProc, _start_agent, _wait_for_version, _workdir, free_port, http_json
 
-__all__ = ["run_cycle", "split_future"]
+__all__ = ["run_cycle", "split_future", "remember_first", "reuse_first"]
 
 DEFAULT_ABORT_IF = ("nwrmsle>1.0",)
+#: In ``<workdir>/out``: the first model a cycle trained there (see :func:`reuse_first`).
+FIRST_RECORD = "cycle-first.json"
 
 
 def say(step: str, text: str) -> None:
@@ -116,6 +124,62 @@ def _unknown_pairs(status: int, answer: Any) -> set[int]:
     return out
 
 
+def remember_first(out: Path, base: Path, first: Any) -> None:
+    """Record the first model trained in ``out`` (its report, bundle hash, the base data's hash), so a
+    later cycle in a workdir prepared with ``keys/`` and that bundle skips training it again."""
+    from cloud.training.retrain import base_hash
+    from models.bundle import sha256_file
+    from models.fsutil import atomic_write_bytes
+
+    if first.bundle is None:
+        return
+    record = {"report": first.report, "bundle": first.bundle.name, "bundle_sha256": sha256_file(first.bundle),
+              "base_sha256": base_hash(base)}  # fmt: skip
+    atomic_write_bytes(out / FIRST_RECORD, (json.dumps(record, indent=1, default=str) + "\n").encode())
+
+
+def reuse_first(out: Path, base: Path, keys: Path) -> Any:
+    """The first model recorded by :func:`remember_first` when it still fits: the same base data, its
+    bundle unchanged, the signing key at hand and no other bundle in ``out`` (so the retrained model
+    is the next version). None otherwise: train it.
+
+    >>> import tempfile; reuse_first(Path(tempfile.mkdtemp()), Path("data"), Path("keys")) is None
+    True
+    """
+    from cloud.training.pipeline import TrainResult
+    from cloud.training.retrain import base_hash
+    from models.bundle import sha256_file
+
+    try:
+        record = json.loads((out / FIRST_RECORD).read_text())
+        bundle = out / record["bundle"]
+        fits = (
+            (keys / "signing.key").is_file()
+            and sorted(out.glob("*.bundle.tar")) == [bundle]
+            and sha256_file(bundle) == record["bundle_sha256"]
+            and base_hash(base) == record["base_sha256"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return TrainResult(out / FIRST_RECORD, record["report"], bundle) if fits else None
+
+
+def _after_abort(procs: Sequence[_AgentProc], result: dict[str, Any], v1: int, v2: int) -> bool:
+    """After an abort, what each agent's ``/healthz`` says: devices the rollout reached run ``v1`` again,
+    the others never left it. Prints one line per device; False when one does not."""
+    ok = True
+    for agent in procs:
+        status = ((result.get("devices") or {}).get(agent.device_id) or {}).get("status", "not planned")
+        try:
+            health = _wait_for_version(agent, v1, timeout=60)
+            print(f"    {agent.device_id}: {'rolled back' if status not in ('pending', 'not planned') else f'never got v{v2} ({status})'}, "
+                  f"/healthz: v{health['model']['version']}", flush=True)  # fmt: skip
+        except TimeoutError as exc:
+            print(f"    {agent.device_id}: NOT back on v{v1} ({status}): {exc}", flush=True)
+            ok = False
+    return ok
+
+
 def _wait(what: str, check: Any, timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -170,11 +234,16 @@ def run_cycle(
         if not (keys / "signing.key").exists():
             write_keypair(keys)
         own = {"registry": work / "registry.json", "runs_dir": work / "runs"}  # the cycle's own, not ~/.edgeship
-        first = train(base, out, keys / "signing.key", progress=False, **own)
+        first = reuse_first(out, base, keys)
+        if first is None:
+            first = train(base, out, keys / "signing.key", progress=False, **own)
+            remember_first(out, base, first)
         rep = first.report
         v1 = int(rep["version"])
         say("2 train", f"{rep['model']} v{v1}: validation NWRMSLE keras {rep['metrics']['keras']['nwrmsle']:.4f}, "
-                       f"shipped {', '.join(rep['shipped_variants'])}; dataset {rep['dataset']['version'][:12]}")  # fmt: skip
+                       f"shipped {', '.join(rep['shipped_variants'])}; dataset {rep['dataset']['version'][:12]}"
+                       + (f" (reused {first.bundle.name} from {first.report_path.name}: same base data and key)"
+                          if first.report_path.name == FIRST_RECORD else ""))  # fmt: skip
 
         embedded = None
         if broker is None:
@@ -201,6 +270,8 @@ def run_cycle(
             for agent in procs:
                 _wait_for_version(agent, v1, timeout=120)
             say("4 publish", f"v{ann.version} announced on {broker}; serving on {', '.join(a.device_id for a in procs)}")
+            for agent in procs:
+                print(f"    {agent.device_id}: {agent.http}/healthz", flush=True)
 
             import pandas as pd
 
@@ -248,7 +319,7 @@ def run_cycle(
                 code = 0
             else:
                 say("9 abort", f"v{v2} not promoted ({result.get('phase')}): {result.get('reason')}")
-                code = 0 if result.get("phase") == "rolled_back" else 1
+                code = 0 if result.get("phase") == "rolled_back" and _after_abort(procs, result, v1, v2) else 1
             say("done", f"one cycle in {time.perf_counter() - t0:.1f} s")
             if once:
                 return code

@@ -213,7 +213,6 @@ class Bridge:
         self._by_link = {id(d.link): d for d in self.devices}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._retry_lock = threading.Lock()
         self._accepted = 0  # sale events the agent accepted in this process (crash point bridge_after_accept_<N>)
         self._accepted_lock = threading.Lock()
 

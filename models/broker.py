@@ -2,6 +2,9 @@
 
 MQTT 3.1.1 (``MQTTv311``) with paho's ``CallbackAPIVersion.VERSION2``; credentials come from the
 environment (``EDGESHIP_MQTT_USERNAME`` / ``EDGESHIP_MQTT_PASSWORD``), never from the command line.
+Credentials over plain ``mqtt://`` need ``EDGESHIP_MQTT_ALLOW_PLAIN=1``; with ``mqtts://`` the fleet CA
+(``EDGESHIP_MQTT_CA`` or :data:`DEFAULT_CA`) is the trust, the system store only with
+``EDGESHIP_MQTT_SYSTEM_CA=1``. A callback that raises never ends the network loop.
 
 >>> BrokerURL.parse("mqtt://127.0.0.1:1883")
 BrokerURL(scheme='mqtt', host='127.0.0.1', port=1883)
@@ -12,13 +15,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+from pathlib import Path
 import threading
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
-__all__ = ["connect_and_wait", "BrokerURL", "new_client"]
+__all__ = ["connect_and_wait", "BrokerURL", "DEFAULT_CA", "new_client"]
+
+#: Where the fleet CA (``ca.pem`` from ``edgeship provision``) is looked for when EDGESHIP_MQTT_CA is unset:
+#: with TLS the fleet CA is the default trust, never the system store unless EDGESHIP_MQTT_SYSTEM_CA=1.
+DEFAULT_CA = "/etc/edgeship/ca.pem"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +73,26 @@ def new_client(client_id: str, url: BrokerURL, *, clean_session: bool = True, pr
         protocol=protocol,
         clean_session=clean_session if protocol != mqtt.MQTTv5 else None,
     )
+    # No payload may kill the network thread: an exception in any callback is logged by paho and the
+    # loop goes on (attack: one retained NaN document stopped updates for a whole fleet).
+    client.suppress_exceptions = True
     user = os.environ.get("EDGESHIP_MQTT_USERNAME")
     if user:
+        if not url.tls and os.environ.get("EDGESHIP_MQTT_ALLOW_PLAIN") != "1":
+            raise ValueError(
+                f"broker {url}: credentials would travel in clear text over mqtt://; use mqtts:// "
+                "(or set EDGESHIP_MQTT_ALLOW_PLAIN=1 to opt in, e.g. on a loopback-only broker)"
+            )
         client.username_pw_set(user, os.environ.get("EDGESHIP_MQTT_PASSWORD"))
     if url.tls:
+        ca = os.environ.get("EDGESHIP_MQTT_CA") or (DEFAULT_CA if Path(DEFAULT_CA).exists() else None)
+        if ca is None and os.environ.get("EDGESHIP_MQTT_SYSTEM_CA") != "1":
+            raise ValueError(
+                f"broker {url}: no fleet CA: set EDGESHIP_MQTT_CA to the ca.pem from edgeship provision (or install "
+                f"it as {DEFAULT_CA}); EDGESHIP_MQTT_SYSTEM_CA=1 trusts the system's CA store instead"
+            )
         client.tls_set(
-            ca_certs=os.environ.get("EDGESHIP_MQTT_CA") or None,
+            ca_certs=ca,
             certfile=os.environ.get("EDGESHIP_MQTT_CERT") or None,
             keyfile=os.environ.get("EDGESHIP_MQTT_KEY") or None,
         )

@@ -29,10 +29,28 @@ from models.fsutil import fsync_dir
 from models.manifest import Manifest
 from models.signing import SignatureEnvelope, SignatureError, verify
 
-__all__ = ["BundleError", "VerifiedBundle", "read_manifest", "unpack_bundle", "verify_unpacked", "sha256_file"]
+__all__ = ["MAX_BUNDLE_BYTES", "BundleError", "VerifiedBundle", "read_manifest", "unpack_bundle", "verify_unpacked", "sha256_file"]
 
 MANIFEST, SIGNATURE = "manifest.json", "signature.json"
 _MAX_META_BYTES = 16 * 2**20
+_META_SCAN = 8  # manifest.json and signature.json are written first (cloud.training.bundle)
+#: Largest bundle file accepted at all (as an announcement's size limit), checked before parsing.
+MAX_BUNDLE_BYTES = 2**31
+
+
+def _check_shape(bundle: Path, manifest: Manifest, meta: dict[str, bytes]) -> None:
+    """The file is no larger than its signed members (plus tar headers) can make it."""
+    size = bundle.stat().st_size
+    blocks = sum(-(-e.size // 512) * 512 for e in manifest.files.values()) + sum(-(-len(m) // 512) * 512 for m in meta.values())
+    limit = blocks + 2048 * (len(manifest.files) + 2) + 20480
+    if size > limit:
+        raise BundleError("too_large", f"{bundle.name} is {size} bytes; its signed members allow at most {limit}")
+
+
+def _check_size(bundle: Path) -> None:
+    size = bundle.stat().st_size
+    if size > MAX_BUNDLE_BYTES:
+        raise BundleError("too_large", f"{bundle.name} is {size} bytes, more than {MAX_BUNDLE_BYTES}")
 
 
 class BundleError(Exception):
@@ -93,6 +111,7 @@ def _check_manifest(manifest_bytes: bytes, signature_bytes: bytes, trusted: list
 
 def read_manifest(bundle: str | os.PathLike[str], trusted: Iterable[Ed25519PublicKey]) -> Manifest:
     """Verify only the signed manifest of a bundle (cheap: reads two small members)."""
+    _check_size(Path(bundle))
     try:
         with tarfile.open(bundle, mode="r:") as tar:
             meta = _read_meta(tar)
@@ -102,12 +121,22 @@ def read_manifest(bundle: str | os.PathLike[str], trusted: Iterable[Ed25519Publi
 
 
 def _read_meta(tar: tarfile.TarFile) -> dict[str, bytes]:
+    """The manifest and signature, read from the first few headers only: nothing else of the archive
+    is parsed before the signature is checked (300k members must not cost 226 MiB and 15 s)."""
+    found: dict[str, tarfile.TarInfo] = {}
+    for _ in range(_META_SCAN):
+        info = tar.next()
+        if info is None:
+            break
+        if info.name in (MANIFEST, SIGNATURE) and info.name not in found:
+            found[info.name] = info
+        if len(found) == 2:
+            break
     meta: dict[str, bytes] = {}
     for name in (MANIFEST, SIGNATURE):
-        try:
-            info = tar.getmember(name)
-        except KeyError:
-            raise BundleError("bad_member", f"bundle has no {name}") from None
+        info = found.get(name)
+        if info is None:
+            raise BundleError("bad_member", f"bundle has no {name} among its first {_META_SCAN} members")
         _safe_member(info)
         if info.size > _MAX_META_BYTES:
             raise BundleError("bad_member", f"{name} is {info.size} bytes, more than {_MAX_META_BYTES}")
@@ -133,17 +162,20 @@ def unpack_bundle(
     bundle, dest = Path(bundle), Path(dest)
     if dest.exists():
         raise FileExistsError(f"{dest} exists")
-    file_digest = sha256_file(bundle)
-    if digest is not None and digest != file_digest:
-        raise BundleError("hash_mismatch", f"bundle sha256 is {file_digest}, expected {digest}")
+    _check_size(bundle)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         with tarfile.open(bundle, mode="r:") as tar:
+            # signature first, then the file's size and member count against what it signed, then the rest
             meta = _read_meta(tar)
             manifest, keyid = _check_manifest(meta[MANIFEST], meta[SIGNATURE], list(trusted))
+            _check_shape(bundle, manifest, meta)
+            file_digest = sha256_file(bundle)
+            if digest is not None and digest != file_digest:
+                raise BundleError("hash_mismatch", f"bundle sha256 is {file_digest}, expected {digest}")
             seen: set[str] = set()
-            for info in tar:
+            for info in tar:  # streamed: the first member beyond the signed list ends it (unlisted_member)
                 _safe_member(info)
                 if info.name in seen:
                     raise BundleError("bad_member", f"bundle member {info.name!r} appears twice")
@@ -173,9 +205,13 @@ def unpack_bundle(
             missing = set(manifest.files) - seen
             if missing:
                 raise BundleError("missing_member", f"bundle lacks {sorted(missing)} listed in the manifest")
-        for name, data in meta.items():
-            (tmp / name).write_bytes(data)
-        (tmp / "bundle.sha256").write_text(file_digest + "\n")
+        for name, data in [*meta.items(), ("bundle.sha256", (file_digest + "\n").encode())]:
+            with open(tmp / name, "wb") as out:  # durable before the rename, like every member
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+        for folder in sorted({p for p in tmp.rglob("*") if p.is_dir()}, key=lambda p: len(p.parts), reverse=True):
+            fsync_dir(folder)  # member folders (e.g. variants/…) hold their entries durably too
         fsync_dir(tmp)
         os.rename(tmp, dest)
         fsync_dir(dest.parent)

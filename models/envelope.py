@@ -25,7 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.canonical import canonical_json
 from models.signing import SignatureError, key_id
 
-__all__ = ["DocSignature", "Signed", "canonical", "sign_document", "verify_document"]
+__all__ = ["DocSignature", "MalformedDocument", "Signed", "canonical", "sign_document", "verify_document"]
+
+
+class MalformedDocument(SignatureError):
+    """The signed part cannot be canonicalised (NaN, Infinity, a value JSON cannot hold): it was
+    never signed by anyone, so it is refused before any key is tried (reason ``malformed``)."""
 
 
 canonical = canonical_json  # one rule for everything hashed or signed (models.manifest.canonical_json)
@@ -60,7 +65,10 @@ def verify_document(envelope: Signed, trusted: Iterable[Ed25519PublicKey]) -> tu
     """Return ``(document, keyid)`` if any signature is by a trusted key and matches; else raise
     :class:`models.signing.SignatureError` naming what was wrong."""
     keys = {key_id(k): k for k in trusted}
-    payload = canonical(envelope.signed)
+    try:
+        payload = canonical(envelope.signed)
+    except (ValueError, TypeError, RecursionError) as exc:  # NaN / Infinity / too deep: never signed
+        raise MalformedDocument(f"signed part is not canonical JSON: {exc}") from None
     unknown = []
     for s in envelope.signatures:
         key = keys.get(s.keyid)

@@ -30,11 +30,11 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import Field, ValidationError
+from pydantic import AwareDatetime, Field, ValidationError
 
 from models.strict import Strict
 
-from models.envelope import Signed, verify_document
+from models.envelope import MalformedDocument, Signed, verify_document
 from models.signing import SignatureError, key_id
 
 __all__ = ["KeyEntry", "KeyList", "KeyListError", "verify_keylist", "public_from_b64", "public_to_b64"]
@@ -85,8 +85,8 @@ class KeyList(_Strict):
     type: Literal["keylist"] = "keylist"
     schema_version: Literal[1] = 1
     version: int = Field(ge=1, description="Only goes up; a device refuses a lower one than it holds.")
-    issued_at: dt.datetime
-    expires_at: dt.datetime | None = Field(default=None, description="After this the list is refused; None = never.")
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime | None = Field(default=None, description="After this the list is refused; None = never.")
     keys: list[KeyEntry] = Field(default_factory=list, max_length=64)
     revoked: list[str] = Field(default_factory=list, max_length=1024, description="Key ids never to trust again.")
 
@@ -105,6 +105,8 @@ def verify_keylist(
     """The :class:`KeyList` in ``envelope`` if a root key signed it and it has not expired."""
     try:
         doc, _ = verify_document(envelope, roots)
+    except MalformedDocument as exc:
+        raise KeyListError("malformed", f"key list: {exc}") from exc
     except SignatureError as exc:
         raise KeyListError("bad_signature", f"key list: {exc}") from exc
     try:

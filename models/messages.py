@@ -10,7 +10,7 @@ import datetime as dt
 import errno
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from models.envelope import Signed
 
@@ -27,9 +27,14 @@ __all__ = [
     "TransientReason",
     "TRANSIENT_REASONS",
     "DISK_REASONS",
+    "UnverifiedReason",
+    "UNVERIFIED_REASONS",
     "disk_reason",
     "utcnow",
 ]
+
+# Every time in a message must carry a time zone (AwareDatetime): a naive one is refused at parse,
+# never compared with an aware one later (attack: one device's naive timestamp killed the fleet view).
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{1,64}$")]
@@ -44,6 +49,10 @@ Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{1,64}$")]
 TransientReason = Literal["stalled", "endless_data", "disk_full", "disk_readonly", "disk_io", "disk"]
 TRANSIENT_REASONS: frozenset[str] = frozenset(get_args(TransientReason))
 DISK_REASONS: frozenset[str] = frozenset({"disk_full", "disk_readonly", "disk_io", "disk"})
+#: Refusals of documents that did not verify (issue 7): anyone who can publish can cause them, so they
+#: never count as a device failure (a rollout ignores them).
+UnverifiedReason = Literal["unsigned", "bad_signature", "malformed", "future"]
+UNVERIFIED_REASONS: frozenset[str] = frozenset(get_args(UnverifiedReason))
 
 _ERRNO_REASON = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EROFS: "disk_readonly"}
 
@@ -91,7 +100,7 @@ class ModelAnnouncement(_Message):
     chunk_size: int = Field(gt=0, le=16 * 2**20, description="Bytes per chunk (the last may be shorter).")
     chunk_sha256: list[Sha256Hex] = Field(min_length=1, description="sha256 of every chunk, in order.")
     filename: str = Field(max_length=200, pattern=r"^[A-Za-z0-9._-]+$", description="Bundle file name.")
-    published_at: dt.datetime = Field(default_factory=utcnow, description="When it was published (UTC).")
+    published_at: AwareDatetime = Field(default_factory=utcnow, description="When it was published (UTC).")
     targets: Signed | None = Field(
         default=None, description="Signed delivery metadata (models.targets.Targets); devices refuse an announcement without it."
     )
@@ -111,7 +120,7 @@ class DeviceCommand(_Message):
     command: Literal["assign"] = Field(description="What to do.")
     announcement: ModelAnnouncement | None = Field(default=None, description="For assign: the signed target.")
     rollout: str | None = Field(default=None, max_length=64, description="Rollout id, for reporting.")
-    issued_at: dt.datetime = Field(default_factory=utcnow)
+    issued_at: AwareDatetime = Field(default_factory=utcnow)
 
 
 class ChunkRequest(_Message):
@@ -131,7 +140,7 @@ class ChunkRequest(_Message):
         description="The chunking of the signed announcement the device follows (a bundle server re-chunks to "
         "it, so publisher, server and rollout need no agreed --chunk-size); None: the server's own.",
     )
-    at: dt.datetime = Field(default_factory=utcnow)
+    at: AwareDatetime = Field(default_factory=utcnow)
 
 
 class ActiveModel(_Message):
@@ -154,7 +163,7 @@ class UpdateOutcome(_Message):
     figures: dict[str, float] = Field(
         default_factory=dict, description="Numbers behind the outcome, e.g. the on-device gate's nwrmsle and p99_abs_diff."
     )
-    at: dt.datetime = Field(default_factory=utcnow)
+    at: AwareDatetime = Field(default_factory=utcnow)
 
 
 class DeviceState(_Message):
@@ -181,7 +190,7 @@ class DeviceState(_Message):
     trust: dict[str, Any] | None = Field(
         default=None, description="Trust state: root-signed key list version, trusted signing key ids."
     )
-    updated_at: dt.datetime = Field(default_factory=utcnow)
+    updated_at: AwareDatetime = Field(default_factory=utcnow)
 
 
 class DeviceEvent(_Message):
@@ -190,7 +199,7 @@ class DeviceEvent(_Message):
     schema_version: Literal[1] = 1
     device_id: Identifier
     kind: str = Field(max_length=64)
-    at: dt.datetime = Field(default_factory=utcnow)
+    at: AwareDatetime = Field(default_factory=utcnow)
     detail: dict[str, Any] = Field(default_factory=dict)
     seq: int | None = Field(
         default=None, ge=1, description="Per-device sequence number shared with telemetry (edge.monitoring.telemetry)."

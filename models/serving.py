@@ -16,12 +16,12 @@ id and an optional expiry travel in the payload::
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, Strict
 
 from models.contract import IsoDate
+from models.envelope import Signed
 from models.messages import ActiveModel, Identifier, utcnow
 
 __all__ = [
@@ -123,7 +123,7 @@ class TelemetryRecord(_Message):
     schema_version: Literal[1] = 1
     device_id: Identifier
     seq: int = Field(ge=1, description="Per-device sequence number (telemetry and events together).")
-    at: dt.datetime = Field(default_factory=utcnow)
+    at: AwareDatetime = Field(default_factory=utcnow)
     data: dict[str, Any] = Field(default_factory=dict, description="Counters and gauges at `at`.")
 
 
@@ -135,6 +135,10 @@ class CandidateCommand(_Message):
     mode: Literal["shadow", "ab"] = Field(default="shadow", description="shadow: answers not returned; ab: a share.")
     share: float = Field(default=1.0, ge=0.0, le=1.0, description="ab: share of traffic; shadow: share mirrored.")
     correlation_id: _CorrelationId | None = None
+    signed: Signed | None = Field(
+        default=None, description="The signed order (models.targets.CandidateOrder); the device acts on it alone "
+        "and refuses a command without one."
+    )
 
 
 class SalesActuals(_Message):

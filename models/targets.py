@@ -33,19 +33,19 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import Field, ValidationError
+from pydantic import AwareDatetime, Field, ValidationError
 
 from models.strict import Strict
 
-from models.envelope import Signed, verify_document
+from models.envelope import MalformedDocument, Signed, verify_document
 from models.messages import Identifier, ModelAnnouncement, Sha256Hex
 from models.signing import SignatureError
 
-__all__ = ["BundleRef", "Targets", "TargetsError", "verify_targets", "applicability", "announcement_of"]
+__all__ = ["MAX_CLOCK_SKEW", "CandidateOrder", "verify_candidate", "BundleRef", "Targets", "TargetsError", "verify_targets", "applicability", "announcement_of"]
 
 
 class TargetsError(Exception):
-    """Delivery metadata refused. ``reason``: ``unsigned``, ``bad_signature``, ``malformed``, ``expired``."""
+    """Delivery metadata refused. ``reason``: ``unsigned``, ``bad_signature``, ``malformed``, ``expired``, ``future``."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -85,8 +85,8 @@ class Targets(_Strict):
     attributes: dict[str, str] = Field(default_factory=dict, description="Devices must report these attributes.")
     downgrade: bool = Field(default=False, description="A signed rollback command: install even if older.")
     rollout: str | None = Field(default=None, max_length=64, description="Rollout id (reporting only).")
-    issued_at: dt.datetime
-    expires_at: dt.datetime
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
 
     def document(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -104,15 +104,26 @@ class Targets(_Strict):
         return None
 
 
+#: How far in the future a document's ``issued_at`` may be (signer and device clocks differ a little).
+MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
 def verify_targets(
-    envelope: Signed | None, trusted: Iterable[Ed25519PublicKey], *, now: dt.datetime | None = None
+    envelope: Signed | None,
+    trusted: Iterable[Ed25519PublicKey],
+    *,
+    now: dt.datetime | None = None,
+    max_skew: dt.timedelta = MAX_CLOCK_SKEW,
 ) -> Targets:
-    """The :class:`Targets` in ``envelope`` if a trusted signing key signed it, it is consistent and
-    it has not expired; else :class:`TargetsError`."""
+    """The :class:`Targets` in ``envelope`` if a trusted signing key signed it, it is consistent, it
+    has not expired and it is not dated in the future beyond ``max_skew`` (reason ``future``: one
+    document dated 2090 must not outrank every later one); else :class:`TargetsError`."""
     if envelope is None:
         raise TargetsError("unsigned", "announcement carries no signed targets document")
     try:
         doc, _ = verify_document(envelope, trusted)
+    except MalformedDocument as exc:
+        raise TargetsError("malformed", f"targets: {exc}") from exc
     except SignatureError as exc:
         raise TargetsError("bad_signature", f"targets: {exc}") from exc
     try:
@@ -125,6 +136,11 @@ def verify_targets(
     now = now or dt.datetime.now(dt.timezone.utc)
     if t.expires_at <= now:
         raise TargetsError("expired", f"targets for {t.model} v{t.version} expired at {t.expires_at.isoformat()}")
+    if t.issued_at > now + max_skew:
+        raise TargetsError(
+            "future", f"targets for {t.model} v{t.version} are issued {t.issued_at.isoformat()}, after this device's "
+            f"clock ({now.isoformat()}) plus {int(max_skew.total_seconds())} s"
+        )
     return t
 
 
@@ -165,3 +181,52 @@ def announcement_of(t: Targets, envelope: Signed, keys: Signed | None = None) ->
         targets=envelope,
         keys=keys,
     )
+
+
+class CandidateOrder(_Strict):
+    """A signed ``candidate`` command (``type: candidate``): run installed ``version`` (with bundle
+    digest ``sha256``) beside the live model on the named ``devices`` of ``fleet``; ``version`` None
+    unloads. Signed by a model-signing key like targets: whatever changes what serves predictions is."""
+
+    type: Literal["candidate"] = "candidate"
+    schema_version: Literal[1] = 1
+    model: Identifier
+    version: int | None = Field(default=None, ge=1, description="Installed version to load; None = unload.")
+    sha256: Sha256Hex | None = Field(default=None, description="The installed bundle's sha256 (required with version).")
+    fleet: Identifier
+    devices: list[Identifier] = Field(min_length=1, max_length=10000, description="The devices it is for (never all).")
+    mode: Literal["shadow", "ab"] = "shadow"
+    share: float = Field(default=1.0, ge=0.0, le=1.0)
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+
+    def document(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def verify_candidate(
+    envelope: Signed | None, trusted: Iterable[Ed25519PublicKey], *, now: dt.datetime | None = None,
+    max_skew: dt.timedelta = MAX_CLOCK_SKEW,
+) -> CandidateOrder:
+    """The :class:`CandidateOrder` in ``envelope`` if a trusted key signed it and it is current; else
+    :class:`TargetsError` (``unsigned``, ``bad_signature``, ``malformed``, ``expired``, ``future``)."""
+    if envelope is None:
+        raise TargetsError("unsigned", "candidate command carries no signed order")
+    try:
+        doc, _ = verify_document(envelope, trusted)
+    except MalformedDocument as exc:
+        raise TargetsError("malformed", f"candidate: {exc}") from exc
+    except SignatureError as exc:
+        raise TargetsError("bad_signature", f"candidate: {exc}") from exc
+    try:
+        order = CandidateOrder.model_validate(doc)
+    except ValidationError as exc:
+        raise TargetsError("malformed", f"candidate order does not match the schema: {str(exc).splitlines()[0]}") from exc
+    if order.version is not None and order.sha256 is None:
+        raise TargetsError("malformed", "candidate order names a version without its sha256")
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if order.expires_at <= now:
+        raise TargetsError("expired", f"candidate order expired at {order.expires_at.isoformat()}")
+    if order.issued_at > now + max_skew:
+        raise TargetsError("future", f"candidate order is issued {order.issued_at.isoformat()}, in the future")
+    return order

@@ -25,6 +25,7 @@ import re
 
 __all__ = [
     "PREFIX",
+    "model_retained",
     "ID_PATTERN",
     "validate_id",
     "availability",
@@ -101,6 +102,12 @@ def feedback(fleet: str, device: str, prefix: str = PREFIX) -> str:
 def device_wildcard(fleet: str, leaf: str, prefix: str = PREFIX) -> str:
     """Subscription filter for one leaf of every device, e.g. ``edgeship/default/+/state``."""
     return f"{prefix}/{validate_id(fleet, 'fleet')}/+/{leaf}"
+
+
+def model_retained(fleet: str, model: str, prefix: str = PREFIX) -> str:
+    """Retained index of the versions whose chunks the broker keeps for ``model`` (the cloud's
+    bookkeeping for clearing older ones; devices never read it)."""
+    return f"{prefix}/{validate_id(fleet, 'fleet')}/models/{validate_id(model, 'model name')}/retained"
 
 
 def model_announce(fleet: str, model: str | None, prefix: str = PREFIX) -> str:

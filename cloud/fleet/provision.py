@@ -201,8 +201,12 @@ def _issue(ca: Any, ca_key: Any, cn: str, *, server_hosts: Sequence[str] = (), d
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
-def make_ca(out_dir: str | Path, cn: str = "edgeship fleet CA", days: int = 3650) -> tuple[Path, Path]:
-    """A self-signed CA: ``ca.pem`` and ``ca.key`` (0600, keep it off the broker if you can)."""
+def make_ca(
+    out_dir: str | Path, cn: str = "edgeship fleet CA", days: int = 3650, *, key_dir: str | Path | None = None
+) -> tuple[Path, Path]:
+    """A self-signed CA: ``out_dir/ca.pem`` and ``ca.key`` (0600) in ``key_dir`` (default ``out_dir``;
+    ``edgeship provision ca`` keeps it out of the broker's folder: a broker compromise must not yield
+    the key that issues client certificates)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -224,9 +228,11 @@ def make_ca(out_dir: str | Path, cn: str = "edgeship fleet CA", days: int = 3650
         )  # key_cert_sign, crl_sign
         .sign(key, hashes.SHA256())
     )
+    kdir = Path(key_dir) if key_dir is not None else out
+    kdir.mkdir(parents=True, exist_ok=True)
     _write_cert(out / "ca.pem", cert)
-    _write_key(out / "ca.key", key)
-    return out / "ca.pem", out / "ca.key"
+    _write_key(kdir / "ca.key", key)
+    return out / "ca.pem", kdir / "ca.key"
 
 
 def make_server_cert(ca_cert: str | Path, ca_key: str | Path, out_dir: str | Path, hosts: Sequence[str]) -> tuple[Path, Path]:

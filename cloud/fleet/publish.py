@@ -44,8 +44,10 @@ from models.signing import load_private_key
 from models.targets import BundleRef, Targets, announcement_of
 
 __all__ = [
+    "sign_candidate",
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_EXPIRES_S",
+    "DEFAULT_KEEP_RETAINED",
     "PreparedBundle",
     "Publisher",
     "PublishError",
@@ -62,6 +64,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 64 * 1024
 DEFAULT_EXPIRES_S = 7 * 24 * 3600
+#: Versions per model whose chunks stay retained on the broker (older ones are cleared on publish).
+DEFAULT_KEEP_RETAINED = 3
 
 
 class PublishError(RuntimeError):
@@ -219,6 +223,31 @@ def sign_targets(
     return t, sign_document(t.document(), _private(key))
 
 
+def sign_candidate(
+    key: str | Path | Ed25519PrivateKey,
+    *,
+    model: str,
+    devices: Sequence[str],
+    version: int | None = None,
+    sha256: str | None = None,
+    fleet: str = "default",
+    mode: str = "shadow",
+    share: float = 1.0,
+    expires_in: float = 3600.0,
+    now: dt.datetime | None = None,
+) -> Signed:
+    """A signed ``candidate`` order for ``devices`` (models.targets.CandidateOrder): send it as
+    ``{"command": "candidate", "signed": <this>}`` on each device's ``set`` topic."""
+    from models.targets import CandidateOrder
+
+    now = now or utcnow()
+    order = CandidateOrder(
+        model=model, version=version, sha256=sha256, fleet=topics.validate_id(fleet, "fleet"), devices=list(devices),
+        mode=mode, share=share, issued_at=now, expires_at=now + dt.timedelta(seconds=expires_in),  # type: ignore[arg-type]
+    )  # fmt: skip
+    return sign_document(order.document(), _private(key))
+
+
 def announcement_for(
     bundle: str | Path,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -266,8 +295,15 @@ class Publisher:
         self._server: threading.Thread | None = None
         self._last_answer: dict[tuple[str, int], float] = {}
         self.answered_chunks = 0
+        self.answered_bytes = 0
+        self.handled_requests = 0
         #: Most chunks re-published for one request (bounds what one device can make the server send).
         self.max_answer = 1024
+        #: What one device can make the server re-publish: each chunk at most once per interval for that
+        #: device (it cannot be missing it again sooner), and at most one bundle's bytes per interval.
+        self.device_interval_s = 600.0
+        self._device_sent: dict[str, dict[tuple[str, int], float]] = {}
+        self._device_bytes: dict[str, deque[tuple[float, int]]] = {}
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *_: self._connected.clear()
         self.client.on_message = self._on_message
@@ -385,6 +421,31 @@ class Publisher:
             self.send(topics.bundle_chunk(self.fleet, bundle_id, i), b"")
         self.flush()
 
+    def retain_versions(self, b: PreparedBundle, keep: int = DEFAULT_KEEP_RETAINED) -> list[str]:
+        """Record that ``b``'s chunks are retained and clear the chunks of all but the newest ``keep``
+        versions of its model (rollback and late joiners need those), so the broker's memory and
+        persistence stay bounded. The index is itself retained on ``models/<model>/retained``.
+        Returns the bundle ids cleared."""
+        if keep < 1:
+            raise PublishError("keep must be at least 1")
+        topic = topics.model_retained(self.fleet, b.model)
+        entries: list[dict] = []
+        raw = self.retained(topic, wait=1.0)
+        if raw:
+            try:
+                entries = [e for e in json.loads(raw) if isinstance(e, dict) and {"version", "bundle_id", "chunks"} <= e.keys()]
+            except (ValueError, TypeError):
+                logger.warning("ignoring a malformed retained index on %s", topic)
+        entries = [e for e in entries if e["bundle_id"] != b.bundle_id]
+        entries.append({"version": b.version, "bundle_id": b.bundle_id, "chunks": len(b.chunk_sha256)})
+        entries.sort(key=lambda e: int(e["version"]))
+        old, kept = entries[:-keep], entries[-keep:]
+        for e in old:
+            self.clear_chunks(str(e["bundle_id"]), int(e["chunks"]))
+            logger.info("cleared the retained chunks of %s v%s (%s)", b.model, e["version"], e["bundle_id"])
+        self.send(topic, json.dumps(kept))
+        self.flush()
+        return [str(e["bundle_id"]) for e in old]
     def announced(self, model: str) -> ModelAnnouncement | None:
         """The fleet's retained announcement for ``model`` (None when there is none or it is malformed)."""
         topic = topics.model_announce(self.fleet, model)
@@ -421,6 +482,29 @@ class Publisher:
             self._server = threading.Thread(target=self._serve_requests, name="edgeship-bundle-server", daemon=True)
             self._server.start()
 
+    def _device_budget(self, device: str, b: PreparedBundle, wanted: list[int], now: float) -> list[int]:
+        """The part of ``wanted`` this device may still make the server send (see ``device_interval_s``)."""
+        horizon = now - self.device_interval_s
+        sent = self._device_sent.setdefault(device, {})
+        for key in [k for k, t in sent.items() if t < horizon]:
+            del sent[key]
+        spent = self._device_bytes.setdefault(device, deque())
+        while spent and spent[0][0] < horizon:
+            spent.popleft()
+        used = sum(n for _, n in spent)
+        out = []
+        for i in wanted:
+            size = len(b.chunk(i))
+            if (b.bundle_id, i) in sent or used + size > b.size:
+                continue
+            sent[(b.bundle_id, i)] = now
+            spent.append((now, size))
+            used += size
+            out.append(i)
+        if len(out) < len(wanted):
+            logger.warning("%s asked for %d chunks of %s; %d within its budget", device, len(wanted), b.bundle_id, len(out))
+        return out
+
     def _serve_requests(self) -> None:
         while True:
             req = self._requests.get()
@@ -428,13 +512,15 @@ class Publisher:
                 return
             b = self._served.get(req.bundle_id)
             if b is None:
+                self.handled_requests += 1
                 continue
             if req.chunk_size is not None and req.chunk_size != b.chunk_size:
                 # the device follows the chunking its signed announcement declares, whoever published it
                 b = self._served[req.bundle_id] = b.rechunked(req.chunk_size)
             n = len(b.chunk_sha256)
             now = time.monotonic()
-            wanted = [i for start, end in req.ranges for i in range(max(0, start), min(end, n))][: self.max_answer]
+            wanted = sorted({i for start, end in req.ranges for i in range(max(0, start), min(end, n))})[: self.max_answer]
+            wanted = self._device_budget(req.device_id, b, wanted, now)
             # each chunk at most once a second: several devices waiting for it share the re-publish
             fresh = [i for i in wanted if now - self._last_answer.get((b.bundle_id, i), 0.0) > 1.0]
             try:
@@ -444,8 +530,11 @@ class Publisher:
                 self.flush()
             except PublishError as exc:
                 logger.warning("answering a chunk request failed: %s", exc)
+                self.handled_requests += 1
                 continue
             self.answered_chunks += len(fresh)
+            self.answered_bytes += sum(len(b.chunk(i)) for i in fresh)
+            self.handled_requests += 1
             logger.info("re-published %d chunks of %s for %s", len(fresh), b.bundle_id, req.device_id)
 
 
@@ -473,15 +562,17 @@ def publish(
     attributes: dict[str, str] | None = None,
     keylist: str | Path | Signed | None = None,
     downgrade: bool = False,
+    keep_retained: int | None = None,
     rollback: bool = False,
 ) -> ModelAnnouncement:
     """Publish ``bundle`` to every device of ``fleet``: retained chunks, then the signed announcement
-    (with the key list: ``keylist``, or ``keylist.json`` beside ``key``); clears the previous version's
-    chunks. Returns the announcement sent.
+    (with the key list: ``keylist``, or ``keylist.json`` beside ``key``); clears the chunks of versions
+    older than the newest ``keep_retained`` (default 3). Returns the announcement sent.
 
     Refuses (:class:`NotNewerError`, nothing sent) when the fleet's retained announcement is already
     at or above the bundle's version, or the same version with another digest, unless ``rollback``
     (which also signs the targets as a downgrade, so devices accept the older version)."""
+    keep_retained = keep_retained or DEFAULT_KEEP_RETAINED
     b = read_bundle(bundle, chunk_size)
     downgrade = downgrade or rollback
     keys = keylist if isinstance(keylist, Signed) else load_keylist(keylist, key)
@@ -496,8 +587,7 @@ def publish(
         if keys is not None:
             pub.publish_keylist(keys)
         pub.announce(ann)
-        if previous is not None and previous.bundle_id != ann.bundle_id:
-            pub.clear_chunks(previous.bundle_id, len(previous.chunk_sha256))  # the superseded version's chunks
+        pub.retain_versions(b, keep_retained)  # chunks of the newest keep_retained versions stay on the broker
     logger.info("published %s v%d (%d bytes, %d chunks) to %s", b.model, b.version, b.size, len(b.chunk_sha256), broker)
     return ann
 

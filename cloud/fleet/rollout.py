@@ -25,7 +25,10 @@ The controller (``rollout start``, a process that stays up until the rollout end
 
 Everything the controller knows is written to ``<state-dir>/rollout.json`` (atomically, with a
 heartbeat), so ``rollout status`` and ``rollout abort`` work from another process; an abort with no
-live controller performs the rollback itself. ``<state-dir>/registry.json`` remembers every bundle
+live controller performs the rollback itself. That includes ``baselines``, each device's telemetry
+figures from before it was assigned: a controller killed mid-rollout and started again resumes its
+waves and judges relative rules (``latency_p99_ms>1.5x``) against those, not against figures the
+devices report on the new version. ``<state-dir>/registry.json`` remembers every bundle
 rolled out, so ``edgeship rollback --to VERSION`` can ship one a device no longer holds.
 """
 
@@ -60,7 +63,7 @@ from cloud.fleet.publish import (
 )
 from models.envelope import Signed
 from models.fsutil import atomic_write_bytes
-from models.messages import TRANSIENT_REASONS, DeviceState, ModelAnnouncement, utcnow
+from models.messages import TRANSIENT_REASONS, UNVERIFIED_REASONS, DeviceState, ModelAnnouncement, utcnow
 from models.targets import Targets, announcement_of
 
 __all__ = [
@@ -344,6 +347,8 @@ class Rollout:
         with self.lock:
             self.state["heartbeat"] = now
             self.state["updated_at"] = utcnow().isoformat()
+            if "devices" in self.state:  # relative rules need them after a controller restart (see _resume)
+                self.state["baselines"] = {d: dict(self.baseline[d]) for d in self.state["devices"] if d in self.baseline}
             _atomic_json(self.state_dir / STATE_FILE, self.state)
         self._last_write = now
 
@@ -395,7 +400,11 @@ class Rollout:
                 if kind == "gate_failed":
                     self._set(device, "gate_failed", detail.get("reason") or "gate_failed")
                 elif kind in ("refused", "failed"):
-                    if detail.get("reason") in TRANSIENT_REASONS:
+                    if kind == "refused" and (
+                        detail.get("reason") in UNVERIFIED_REASONS or detail.get("sha256") not in (None, self.bundle.sha256)
+                    ):  # a refusal of someone else's (unverifiable) document says nothing about this rollout
+                        self._log("%s: refused %s (not this rollout's document; ignored)", device, detail.get("reason"))
+                    elif detail.get("reason") in TRANSIENT_REASONS:
                         if rec.get("unhealthy") != detail.get("reason"):
                             rec["unhealthy"] = detail.get("reason")
                             self._log("%s: device unhealthy (%s %s); it retries, waiting", device, kind, detail.get("reason"))
@@ -540,9 +549,7 @@ class Rollout:
     def _resume(self, saved: dict[str, Any], pub: Publisher) -> dict[str, Any]:
         """Continue the rollout a killed controller saved: its id, plan and device records; waves that
         succeeded stay done, the running one is assigned again (idempotent for devices already on it)."""
-        saved.pop("controller_alive", None)
-        self.state, self.id = saved, saved["id"]
-        self.state["pid"] = os.getpid()
+        self._restore(saved)
         start = next((i for i, w in enumerate(saved["waves"]) if w["status"] != "succeeded"), len(saved["waves"]))
         self._log("controller restarted: resuming rollout %s at wave %d (phase %s)", self.id, start, saved["phase"])
         # what devices did while no controller watched: their retained state (read during discovery)
@@ -554,10 +561,33 @@ class Rollout:
             return self._abort(pub, saved.get("reason") or "resumed abort")
         return self._waves(pub, start)
 
+    def _restore(self, saved: dict[str, Any]) -> None:
+        """Take over a saved rollout's state and the baselines its relative rules compare with.
+
+        >>> r = Rollout.__new__(Rollout); r.lock, r.baseline = threading.RLock(), {"a": {"x": 9.0}}
+        >>> r._restore({"id": "m-v2", "devices": {"a": {"status": "active"}}, "baselines": {"a": {"x": 3.0}}})
+        >>> r.baseline
+        {'a': {'x': 3.0}}
+        """
+        saved.pop("controller_alive", None)
+        with self.lock:
+            self.state, self.id = saved, saved["id"]
+            self.state["pid"] = os.getpid()
+            # the figures devices reported before they were assigned: telemetry heard during this
+            # discovery comes from devices already on the new version and must not replace them
+            for d, numbers in (saved.get("baselines") or {}).items():
+                rec = saved["devices"].get(d)
+                if rec is not None and (rec["status"] != "pending" or d not in self.baseline):
+                    self.baseline[d] = {k: float(v) for k, v in numbers.items()}
+            for d, rec in saved["devices"].items():
+                if rec["status"] != "pending" and d not in (saved.get("baselines") or {}):
+                    self.baseline.pop(d, None)  # no figure from before the rollout: relative rules cannot judge it
+
     def _waves(self, pub: Publisher, start: int) -> dict[str, Any]:
         b = self.bundle
         waves = [w["devices"] for w in self.state["waves"]]
         pub.put_chunks(b)
+        pub.retain_versions(b)  # older versions' chunks beyond the newest few are cleared
         pub.serve(b)
         if self.keys is not None:
             pub.publish_keylist(self.keys)
@@ -593,7 +623,20 @@ class Rollout:
         deadline = time.monotonic() + self.gate_timeout
         healthy_since: float | None = None
         reached = [d for w in self.state["waves"][: i + 1] for d in w["devices"]]
+        blind_logged = False
         while True:
+            view = self._view
+            if view is not None and not view.alive():
+                # never act on a dead view: no timeout, no breach, no success while blind
+                if not blind_logged:
+                    self._log("the fleet view is not receiving (dead loop or no connection): waiting, not acting")
+                    blind_logged = True
+                view.ensure_alive()
+                deadline += 0.05
+                healthy_since = None
+                time.sleep(0.05)
+                continue
+            blind_logged = False
             reason = self._abort_requested() or self._breach(reached)
             if reason:
                 return reason

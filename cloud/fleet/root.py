@@ -29,7 +29,12 @@ from models.keys import KeyEntry, KeyList, KeyListError, verify_keylist
 from models.messages import utcnow
 from models.signing import key_id, load_private_key, load_public_key, write_keypair
 
-__all__ = ["init_root", "read_keylist", "add_signing_key", "revoke_signing_key"]
+__all__ = ["DEFAULT_KEYLIST_EXPIRES_S", "init_root", "read_keylist", "add_signing_key", "revoke_signing_key"]
+
+#: Key lists expire by default (re-sign before then: ``edgeship keys sign`` with the same key): a device
+#: whose list expired keeps serving but refuses updates and says so (``keylist_stale``), so a
+#: withheld revocation cannot be hidden for ever.
+DEFAULT_KEYLIST_EXPIRES_S = 180 * 24 * 3600
 
 
 def init_root(out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> tuple[Path, Path]:
@@ -60,7 +65,7 @@ def _next(old: KeyList | None, expires_in: float | None, **changes: object) -> K
     fields.update(
         version=(old.version + 1) if old else 1,
         issued_at=now,
-        expires_at=(now + dt.timedelta(seconds=expires_in)) if expires_in else None,
+        expires_at=now + dt.timedelta(seconds=expires_in if expires_in else DEFAULT_KEYLIST_EXPIRES_S),
     )
     return KeyList.model_validate(fields)
 

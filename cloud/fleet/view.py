@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from pydantic import ValidationError
 
 from models import topics
 from models.broker import BrokerURL, connect_and_wait, new_client
@@ -117,6 +116,9 @@ class FleetView:
         self._last_message = time.monotonic()
         self._connected = threading.Event()
         self._refused: str | None = None
+        #: Device messages dropped as malformed (bad JSON, naive times, schema), per device.
+        self.bad_messages: collections.Counter[str] = collections.Counter()
+        self.loop_restarts = 0
         self.client = new_client(f"edgeship-fleet-{uuid.uuid4().hex[:8]}", self.url)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *_: self._connected.clear()
@@ -129,6 +131,25 @@ class FleetView:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+    def alive(self) -> bool:
+        """True while the network loop runs and the broker connection is up: only then is what the
+        view says current (a rollout never acts on a dead view)."""
+        thread = getattr(self.client, "_thread", None)
+        return thread is not None and thread.is_alive() and self._connected.is_set()
+
+    def ensure_alive(self) -> None:
+        """Restart a dead network loop (counted in ``loop_restarts``)."""
+        thread = getattr(self.client, "_thread", None)
+        if thread is None or not thread.is_alive():
+            self.loop_restarts += 1
+            logger.error("fleet view: the MQTT loop died; restarting it")
+            self.client._thread = None
+            self.client.loop_start()
+            try:
+                self.client.reconnect()
+            except Exception as exc:
+                logger.warning("fleet view: reconnect failed (%s); paho retries", exc)
 
     def __enter__(self) -> FleetView:
         return self.start()
@@ -184,16 +205,19 @@ class FleetView:
                     payload = view.state
                 elif leaf == "events":
                     payload = json.loads(msg.payload)
+                    at = _when(payload.get("at"))  # raises for a time without a zone: nothing kept
                     view.events.append(payload)
-                    view.seen(_when(payload.get("at")))
+                    view.seen(at)
                 elif leaf == "telemetry":
                     payload = json.loads(msg.payload)
+                    at = _when(payload.get("at"))
                     view.telemetry = payload
-                    view.seen(_when(payload.get("at")))
+                    view.seen(at)
                 else:
                     return
-            except (ValidationError, ValueError, AttributeError) as exc:
-                logger.warning("bad %s from %s: %s", leaf, device, str(exc).splitlines()[0])
+            except Exception as exc:  # whatever one device sends, the view goes on (dropped and counted)
+                self.bad_messages[device] += 1
+                logger.warning("bad %s from %s: %s", leaf, device, (str(exc).splitlines() or [""])[0][:200])
                 return
         for listener in list(self.listeners):
             try:
@@ -203,10 +227,15 @@ class FleetView:
 
 
 def _when(value: Any) -> dt.datetime | None:
-    try:
-        return dt.datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
+    """A message's time: None when absent; ValueError when unreadable or without a time zone."""
+    if value is None:
         return None
+    if not isinstance(value, str):
+        raise ValueError(f"time {value!r} is not an ISO 8601 string")
+    at = dt.datetime.fromisoformat(value)
+    if at.tzinfo is None:
+        raise ValueError(f"time {value!r} has no time zone")
+    return at
 
 
 def fleet_status(broker: str, fleet: str = "default", *, wait: float = 3.0) -> list[dict[str, Any]]:

@@ -207,7 +207,7 @@ def _train(
     if feedback is not None:  # staff-entered actuals as labelled rows (cloud.feedback.training)
         from cloud.feedback.training import merge_feedback
 
-        train_rows, feedback_info = merge_feedback(train_rows, feedback)
+        train_rows, feedback_info = merge_feedback(train_rows, feedback, items=loaded.items)
         report["feedback"] = feedback_info
     rows, cleaning = favorita.clean(train_rows)
     last = rows["date"].max()

@@ -21,6 +21,7 @@ Usage (the agent does this)::
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,7 @@ class MqttLink:
         trust: TrustStore | None = None,
         report: Callable[..., None] | None = None,
         activate_installed: Callable[[int, str], bool] | None = None,
+        on_trust_changed: Callable[[], None] | None = None,
     ) -> None:
         url = config.broker_url
         if url is None:
@@ -76,12 +78,18 @@ class MqttLink:
         self._lock = threading.RLock()
         self._stopping = False
         self._connected = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self.loop_restarts = 0
+        self.disconnects = 0  # connections lost (not counting stop())
         #: Called with the client after every (re)connect (edge.serving.mqtt subscribes its requests here).
         self.on_connected: list[Callable[[mqtt.Client], None]] = []
         #: When set, events go through it (edge.monitoring.telemetry: sequenced, spooled on disk, none lost offline).
         self.event_sink: Callable[[str, dict[str, Any]], None] | None = None
 
-        c = new_client(f"edgeship-{config.fleet}-{config.device_id}", url, clean_session=True)
+        # the client id is the broker username when there is one (the shipped broker config enforces
+        # use_username_as_clientid: nobody else's credentials can take this id)
+        client_id = os.environ.get("EDGESHIP_MQTT_USERNAME") or f"edgeship-{config.fleet}-{config.device_id}"
+        c = new_client(client_id, url, clean_session=True)
         c.will_set(self._availability, OFFLINE, qos=1, retain=True)
         c.reconnect_delay_set(
             min_delay=max(1, round(config.reconnect_min_s)), max_delay=max(1, round(config.reconnect_max_s))
@@ -108,6 +116,7 @@ class MqttLink:
             event=self.publish_event,
             publish_state=self.publish_state,
             activate_installed=activate_installed,
+            on_trust_changed=on_trust_changed,
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -116,7 +125,37 @@ class MqttLink:
         self.delivery.start()
         self.client.connect_async(self.url.host, self.url.port, keepalive=self.config.keepalive_s)
         self.client.loop_start()
+        self._watchdog = threading.Thread(target=self._watch_loop, name="edgeship-mqtt-watchdog", daemon=True)
+        self._watchdog.start()
         logger.info("connecting to MQTT broker", extra={"broker": str(self.url)})
+
+    def loop_alive(self) -> bool:
+        """Whether paho's network thread is running (a callback that raised would have ended it)."""
+        thread = getattr(self.client, "_thread", None)
+        return thread is not None and thread.is_alive()
+
+    def _watch_loop(self, interval: float = 1.0) -> None:
+        """Restart a dead network loop (counted, shown in ``/healthz``): a device never stays deaf."""
+        stop = threading.Event()
+        while not self._stopping:
+            stop.wait(interval)
+            if self._stopping:
+                return
+            if not self.loop_alive():
+                self.loop_restarts += 1
+                self.metrics.mqtt_loop_restarts.inc()
+                self._connected.clear()
+                logger.error("MQTT network loop died; restarting it (restart %d)", self.loop_restarts)
+                try:
+                    self.client._thread = None  # paho refuses loop_start while the dead thread is referenced
+                    self.client.loop_start()
+                    self.client.reconnect()
+                except Exception as exc:  # the loop's own reconnects take over from here
+                    logger.warning("MQTT reconnect after loop restart failed: %s", exc)
+
+    def health(self) -> dict[str, Any]:
+        """For ``/healthz``: is the MQTT side alive and connected."""
+        return {"connected": self.connected, "loop_alive": self.loop_alive(), "loop_restarts": self.loop_restarts}
 
     @property
     def connected(self) -> bool:
@@ -173,6 +212,7 @@ class MqttLink:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self._connected.clear()
+        self.disconnects += 1
         if not self._stopping:
             logger.warning("disconnected from MQTT broker (%s); reconnecting", reason)
 

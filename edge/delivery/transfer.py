@@ -76,7 +76,6 @@ class Transfer:
         self.resumed_chunks = 0  # chunks already on disk when this transfer was opened
         self.downgrade = False  # set by edge.delivery.updater: a signed rollback command allows an older version
         self.targets: object | None = None  # the verified models.targets.Targets this transfer serves
-        self.started_at = self.last_chunk_at = time.monotonic()
         self._received = bytearray(n)
         self._fd: int | None = None
         self._dirty = False
@@ -192,7 +191,7 @@ class Transfer:
         os.pwrite(self._fd, payload, index * self.announcement.chunk_size)
         self._received[index] = 1
         self.bytes_received += len(payload)
-        self.last_chunk_at = now = time.monotonic()
+        now = time.monotonic()
         self._dirty = True
         if now - self._saved_at >= self.SAVE_EVERY_S:  # a crash loses at most this much progress
             self._save_bitmap()

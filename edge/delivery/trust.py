@@ -104,6 +104,13 @@ class TrustStore:
         )
         return True
 
+    def stale(self, now: dt.datetime | None = None) -> bool:
+        """True when the held key list has expired: the device keeps serving what it has but refuses
+        new updates (``keylist_expired``) until a current list arrives."""
+        kl = self.keylist
+        now = now or dt.datetime.now(dt.timezone.utc)
+        return bool(kl is not None and kl.expires_at is not None and kl.expires_at <= now)
+
     def is_revoked(self, keyid: str) -> bool:
         return bool(self.keylist and keyid in self.keylist.revoked)
 
@@ -114,6 +121,8 @@ class TrustStore:
             "keys": [key_id(k) for k in self.keys],
             "revoked": list(self.keylist.revoked) if self.keylist else [],
             "roots": [key_id(k) for k in self.roots],
+            "expires_at": self.keylist.expires_at.isoformat() if self.keylist and self.keylist.expires_at else None,
+            "stale": self.stale(),
         }
 
     def __repr__(self) -> str:

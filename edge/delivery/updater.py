@@ -86,7 +86,8 @@ from models.messages import (
     ModelAnnouncement,
     disk_reason,
 )
-from models.targets import Targets, TargetsError, announcement_of, applicability, verify_targets
+from models.signing import key_id
+from models.targets import MAX_CLOCK_SKEW, Targets, TargetsError, announcement_of, applicability, verify_targets
 
 __all__ = ["Delivery", "UNREMEMBERED", "ranges", "disk_room"]
 
@@ -96,10 +97,18 @@ logger = logging.getLogger(__name__)
 #: (models.messages.TRANSIENT_REASONS): never remembered against the bundle's sha256 (the same bundle
 #: may come back properly signed, current, or meant for this device, or the disk may recover).
 UNREMEMBERED = frozenset(
-    {"unsigned", "bad_signature", "malformed", "expired", "wrong_fleet", "wrong_device", "wrong_hardware",
-     "rollback", "version_conflict", "rollback_unavailable"}
+    {"unsigned", "bad_signature", "malformed", "expired", "future", "keylist_expired", "wrong_fleet", "wrong_device",
+     "wrong_hardware", "rollback", "version_conflict", "rollback_unavailable", "byte_cap"}
 ) | TRANSIENT_REASONS  # fmt: skip
 _TICK_S = 0.1
+#: Aborted tries of one version may be offered at most this many times its size, all tries together.
+RETRY_BYTES_FACTOR = 8
+RETRY_BYTES_FLOOR = 64 * 2**20  # … or 64 MiB for small bundles
+#: A wall clock before this is not trusted to judge stored replay marks (no RTC yet).
+_PLAUSIBLE_AFTER = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+#: A stored mark further than this past a plausible clock is not a clock lagging behind (Delivery.now
+#: covers that) but a future-dated document (a leaked key, a signer's wrong clock): dropped at start.
+_MAX_MARK_AHEAD = dt.timedelta(days=30)
 
 
 def disk_room(folder: str | Path) -> tuple[int, bool]:
@@ -138,6 +147,7 @@ class Delivery:
         event: Callable[..., None],
         publish_state: Callable[[], None],
         activate_installed: Callable[[int, str], bool] | None = None,
+        on_trust_changed: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -152,6 +162,10 @@ class Delivery:
         self._event = event
         self._publish_state = publish_state
         self._activate_installed = activate_installed
+        self._on_trust_changed = on_trust_changed
+        self._stale_reported = False
+        self._spent: dict[str, int] = {}  # bundle sha256 -> chunk bytes offered over all aborted tries
+        self._aborts: dict[str, int] = {}
         fleet, device = config.fleet, config.device_id
         self.announce_filter = topics.model_announce(fleet, config.model)
         self.command_topic = topics.command(fleet, device)
@@ -170,13 +184,15 @@ class Delivery:
         self._tokens = 0.0
         self._tokens_at = time.monotonic()
         self._handed_off: set[str] = set()
-        self._reported: set[tuple[str, str, str]] = set()
+        # refusals already reported: bounded (keys can hold unsigned fields an attacker varies at will)
+        self._reported: collections.OrderedDict[tuple[str, str, str], None] = collections.OrderedDict()
         self._seen: dict[tuple[str, str], ModelAnnouncement] = {}
         self._jobs: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
         self._state_path = Path(config.state_dir) / "delivery.json"
-        self._issued: dict[str, dt.datetime] = self._load_issued()
+        #: per model: (issued_at, version, signing key id) of the newest target acted on (the replay check)
+        self._issued: dict[str, tuple[dt.datetime, int, str]] = self._load_issued()
         #: The disk fault that stopped the pending transfer or install (a reason code), its back-off and start.
         self.disk_fault: str | None = None
         self._disk_backoff = config.disk_retry_min_s
@@ -296,6 +312,7 @@ class Delivery:
             if t is None or t.bundle_id != bundle_id:
                 return
             self.stats["chunk_bytes"] += len(payload)
+            budget = 2 * t.announcement.size + 4 * self.config.transfer_window * t.announcement.chunk_size
             try:
                 stored = t.add_chunk(index, payload)
             except OSError as exc:  # the disk failed under a running transfer: keep what is verified, retry
@@ -308,10 +325,11 @@ class Delivery:
                 self.metrics.bad_chunks.inc()
                 if exc.reason == "too_large":
                     self._abort("endless_data", str(exc))
+                elif t.bytes_offered > budget:  # bad chunks count too: an endless stream of junk ends here
+                    self._abort("endless_data", f"{t.bytes_offered} bytes offered for a {t.announcement.size}-byte bundle")
                 else:
                     logger.warning("rejected chunk: %s", exc, extra={"bundle_id": bundle_id, "reason": exc.reason})
                 return
-            budget = 2 * t.announcement.size + 4 * self.config.transfer_window * t.announcement.chunk_size
             if t.bytes_offered > budget:
                 self._abort("endless_data", f"{t.bytes_offered} bytes offered for a {t.announcement.size}-byte bundle")
                 return
@@ -322,6 +340,7 @@ class Delivery:
                 self.metrics.bundle_bytes_received.inc(len(payload))
                 self._last_progress = time.monotonic()
                 self._retries, self._stall_reported = 0, False
+                self._aborts.pop(t.announcement.sha256, None)  # progress: the back-off starts over
             if t.complete:
                 done = self._end_transfer()
             else:
@@ -336,14 +355,17 @@ class Delivery:
         try:
             changed = self.trust.update(env)
         except KeyListError as exc:
-            key = ("keylist", exc.reason, json.dumps(env.signed.get("version")))
-            if key not in self._reported:
-                self._reported.add(key)
+            key = ("keylist", exc.reason, json.dumps(env.signed.get("version"), default=str)[:64])
+            self.metrics.refused_documents.labels(exc.reason).inc()
+            if self._first_report(key):
                 logger.warning("key list refused: %s", exc, extra={"reason": exc.reason})
                 self._event("keylist_refused", reason=exc.reason, message=str(exc))
             return
         if changed:
+            self.forget_revoked()
             self._event("keylist", version=self.trust.keylist_version, keys=self.trust.info()["keys"])
+            if self._on_trust_changed is not None:  # re-verify what is served (edge.agent: revocation policy)
+                self._jobs.put(("trust", None))
             self._publish_state()
             for (source, _model), ann in list(self._seen.items()):  # what failed for want of a key may verify now
                 self._consider(ann, source, from_keylist=True)
@@ -354,11 +376,19 @@ class Delivery:
 
     def _refuse(self, version: int, sha256: str, reason: str, message: str, stamp: str) -> None:
         """Report a refusal once per (bundle, reason, document)."""
-        key = (sha256, reason, stamp)
-        if key in self._reported:
+        self.metrics.refused_documents.labels(reason).inc()
+        if not self._first_report((sha256, reason, stamp)):
             return
-        self._reported.add(key)
         self._report("refused", version, reason, message=message, sha256=sha256)
+
+    def _first_report(self, key: tuple[str, str, str], limit: int = 512) -> bool:
+        """True the first time ``key`` is seen (the memory is bounded: oldest forgotten first)."""
+        if key in self._reported:
+            return False
+        self._reported[key] = None
+        while len(self._reported) > limit:
+            self._reported.popitem(last=False)
+        return True
 
     def _consider(self, ann: ModelAnnouncement, source: str, *, from_keylist: bool = False) -> None:
         if ann.keys is not None and not from_keylist:
@@ -366,7 +396,11 @@ class Delivery:
         self._seen[(source, ann.model)] = ann
         stamp = ann.published_at.isoformat()
         try:
-            t = verify_targets(ann.targets, self.trust.keys, now=self.now())
+            now = self.now()
+            # documents dated past this clock (+ skew) are refused; while the clock is known to be behind
+            # signed time (no RTC yet) it cannot judge that, and the floor alone is used
+            skew = MAX_CLOCK_SKEW if self.clock_ok else dt.timedelta(days=36500)
+            t = verify_targets(ann.targets, self.trust.keys, now=now, max_skew=skew)
         except TargetsError as exc:
             self._refuse(ann.version, ann.sha256, exc.reason, str(exc), stamp)
             return
@@ -384,19 +418,27 @@ class Delivery:
             return
         if c.model is not None and t.model != c.model:
             return
+        if self.trust.stale():
+            self._refuse(t.version, t.sha256, "keylist_expired",
+                         f"the key list v{self.trust.keylist_version} has expired: no update until a current one arrives",
+                         stamp)  # fmt: skip
+            return
         with self._lock:
             newest = self._issued.get(t.model)
-            if newest is not None and t.issued_at < newest:
+            # Replay check. Ordering rests on the signed version (a monotonic counter per model) first:
+            # a newer version is never ignored for its date; issued_at orders only targets for the same
+            # or an older version (a replayed rollback command), and a future-dated one never got here.
+            if newest is not None and t.issued_at < newest[0] and (t.downgrade or t.version <= newest[1]):
                 logger.info(
                     "ignoring %s v%d issued %s: a newer target (issued %s) was acted on",
-                    t.model, t.version, t.issued_at.isoformat(), newest.isoformat(),
+                    t.model, t.version, t.issued_at.isoformat(), newest[0].isoformat(),
                 )  # fmt: skip
                 return
             ann_eff = announcement_of(t, ann.targets, ann.keys) if t.bundle is not None else None  # type: ignore[arg-type]
             active = self._active()
             if active is not None and active.name == t.model:
                 if active.digest == t.sha256:
-                    self._set_issued(t)
+                    self._set_issued(t, self._signer(t, ann))
                     self._cancel_other(t.sha256)
                     return
                 if not t.downgrade and t.version < active.version:
@@ -418,7 +460,7 @@ class Delivery:
             if ann_eff is None and not t.downgrade:
                 self._refuse(t.version, t.sha256, "malformed", "targets without transfer data", stamp)
                 return
-            self._set_issued(t)
+            self._set_issued(t, self._signer(t, ann))
             if t.downgrade:
                 self._cancel_other(t.sha256)
                 self._jobs.put(("rollback", (t, ann_eff)))
@@ -429,7 +471,7 @@ class Delivery:
         """The time documents are checked against: the wall clock, but never earlier than the newest
         signed ``issued_at`` acted on here (a board without an RTC may boot in the past)."""
         wall = dt.datetime.now(dt.timezone.utc)
-        floor = max(self._issued.values(), default=None)
+        floor = max((v[0] for v in self._issued.values()), default=None)
         if floor is None or wall >= floor:
             self.clock_ok = True
             return wall
@@ -444,25 +486,75 @@ class Delivery:
             self._event("clock_wrong", wall=wall.isoformat(), floor=floor.isoformat(), behind_s=round(behind, 3))
         return floor
 
-    def _set_issued(self, t: Targets) -> None:
-        if self._issued.get(t.model) == t.issued_at:
+    def superseded(self, targets: object | None) -> bool:
+        """True when a newer signed target for the same model was acted on after ``targets`` (the
+        :class:`models.targets.Targets` a transfer serves): e.g. a rollback command that arrived while
+        that transfer was being installed. The agent then does not activate it."""
+        if not isinstance(targets, Targets):
+            return False
+        with self._lock:
+            newest = self._issued.get(targets.model)
+        # a later mark set for another version (the mark of an upgrade may keep an earlier, higher time)
+        return newest is not None and targets.issued_at < newest[0] and newest[1] != targets.version
+
+    def _signer(self, t: Targets, ann: ModelAnnouncement) -> str:
+        trusted = {key_id(k) for k in self.trust.keys}
+        sigs = ann.targets.signatures if ann.targets is not None else []
+        return next((s.keyid for s in sigs if s.keyid in trusted), "")
+
+    def _set_issued(self, t: Targets, signer: str = "") -> None:
+        held = self._issued.get(t.model)
+        if held is not None and held[0] >= t.issued_at and held[1] >= t.version:
             return
-        self._issued[t.model] = t.issued_at
-        payload = {"issued": {m: v.isoformat() for m, v in self._issued.items()}}
+        self._issued[t.model] = (max(t.issued_at, held[0]) if held and not t.downgrade else t.issued_at, t.version, signer)
+        self._save_issued()
+
+    def _save_issued(self) -> None:
+        payload = {"issued": {m: [v[0].isoformat(), v[1], v[2]] for m, v in self._issued.items()}}
         try:
             atomic_write_bytes(self._state_path, json.dumps(payload).encode())
         except OSError as exc:
             logger.warning("cannot persist delivery state: %s", exc)
 
-    def _load_issued(self) -> dict[str, dt.datetime]:
+    def forget_revoked(self) -> None:
+        """Revoking a key clears what it set: replay marks set by a now-revoked (or no longer trusted) key go."""
+        trusted = {key_id(k) for k in self.trust.keys}
+        with self._lock:
+            gone = [m for m, v in self._issued.items() if v[2] and v[2] not in trusted]
+            for m in gone:
+                logger.warning("forgetting the replay mark for %s: its signing key %s is no longer trusted", m, self._issued[m][2])
+                del self._issued[m]
+            if gone:
+                self._save_issued()
+
+    def _load_issued(self) -> dict[str, tuple[dt.datetime, int, str]]:
         try:
             data = json.loads(self._state_path.read_bytes())
-            return {m: dt.datetime.fromisoformat(v) for m, v in data.get("issued", {}).items()}
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError, AttributeError) as exc:
+        except (OSError, ValueError) as exc:
             logger.warning("delivery state unreadable, starting afresh: %s", exc)
             return {}
+        wall = dt.datetime.now(dt.timezone.utc)
+        # marks beyond the clock were set by a wrong-clocked or leaked signer (or before future dates were
+        # refused): dropped, unless this clock itself is implausible (a board without an RTC booting in
+        # 1970), when the marks are the better clock (Delivery.now)
+        limit = wall + _MAX_MARK_AHEAD if wall >= _PLAUSIBLE_AFTER else dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+        out: dict[str, tuple[dt.datetime, int, str]] = {}
+        for m, v in (data.get("issued", {}) if isinstance(data, dict) else {}).items():
+            try:
+                at, version, signer = (v, 0, "") if isinstance(v, str) else (v[0], int(v[1]), str(v[2]))
+                when = dt.datetime.fromisoformat(at)
+                if when.tzinfo is None:
+                    raise ValueError("no time zone")
+            except (ValueError, TypeError, IndexError) as exc:
+                logger.warning("delivery state: dropping the entry for %s (%s)", m, exc)
+                continue
+            if when > limit:  # written by a signer with a wrong clock (or before future dates were refused)
+                logger.warning("delivery state: dropping %s's replay mark dated %s, in the future", m, at)
+                continue
+            out[m] = (when, version, signer)
+        return out
 
     def _cancel_other(self, sha256: str) -> None:
         with self._lock:
@@ -643,7 +735,18 @@ class Delivery:
         if t is None:
             return
         t.close()  # what was written is verified chunk by chunk: keep it for a resume
-        self._rearm_at = time.monotonic() + 2 * self.config.chunk_timeout_s
+        sha = t.announcement.sha256
+        self._spent[sha] = self._spent.get(sha, 0) + t.bytes_offered
+        self._aborts[sha] = self._aborts.get(sha, 0) + 1
+        cap = max(RETRY_BYTES_FACTOR * t.announcement.size, RETRY_BYTES_FLOOR)
+        if self._spent[sha] > cap:  # retries are bounded in bytes per version, not only per session
+            self._pending, self._rearm_at = None, None
+            message = f"{message}; {self._spent[sha]} bytes offered in {self._aborts[sha]} tries exceed the cap of " \
+                f"{cap} for this version: no more retries until it is announced again after a restart"
+            reason = "byte_cap"
+        else:  # back-off between consecutive failed tries: 2, 2, 4, 8 … × chunk_timeout_s, at most an hour
+            delay = min(3600.0, 2 * self.config.chunk_timeout_s * 2 ** max(0, self._aborts[sha] - 2))
+            self._rearm_at = time.monotonic() + delay
         logger.warning("transfer of v%d aborted (%s): %s", t.announcement.version, reason, message)
         self._report("failed", t.announcement.version, reason, message=message)
 
@@ -675,6 +778,8 @@ class Delivery:
                     self._install(arg)
                 elif kind == "rollback":
                     self._rollback(*arg)
+                elif kind == "trust" and self._on_trust_changed is not None:
+                    self._on_trust_changed()
             except Exception:
                 logger.exception("delivery job %s failed", kind)
             self._tick()
@@ -707,7 +812,20 @@ class Delivery:
             return
         self._begin(t, ann)
 
+    def _check_stale(self) -> None:
+        """An expired key list is a loud state (metric, event, log), never silent trust."""
+        stale = self.trust.stale()
+        self.metrics.keylist_stale.set(1 if stale else 0)
+        if stale and not self._stale_reported:
+            logger.error("the key list v%s has expired: updates are refused until a current one arrives",
+                         self.trust.keylist_version)  # fmt: skip
+            self._event("keylist_stale", keylist_version=self.trust.keylist_version,
+                        expires_at=self.trust.info()["expires_at"])  # fmt: skip
+            self._publish_state()
+        self._stale_reported = stale
+
     def _tick(self) -> None:
+        self._check_stale()
         with self._lock:
             now = time.monotonic()
             if not self._connected():

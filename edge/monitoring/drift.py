@@ -33,14 +33,13 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge.monitoring.metrics import DriftCollector  # defined with the other metrics; re-exported here
 from models.contract import CAT_FEATURES, NUM_FEATURES
 from models.features import Encoded
 
@@ -137,7 +136,8 @@ class DriftMonitor:
         self._total = int(sizes.sum())
         self._counts = np.zeros(self._total, np.int64)
         w = self.config.window_rows
-        self._ring = np.zeros((w, len(self.features)), np.int64)
+        # bin ids (offsets into _counts, < _total) of the last w rows; int32 halves the window's memory
+        self._ring = np.zeros((w, len(self.features)), np.int32 if self._total < 2**31 else np.int64)
         self._filled = 0
         self._pos = 0
         self._buffer: list[Encoded] = []
@@ -222,34 +222,3 @@ class DriftMonitor:
             self._buffered = 0
             self._counts[:] = 0
             self._filled = self._pos = 0
-
-
-class DriftCollector:
-    """Prometheus collector: ``edgeship_feature_drift_psi{feature}`` and ``edgeship_drift_window_rows``
-    of whichever monitor ``current()`` returns at scrape time (the live model's)."""
-
-    def __init__(self, current: Callable[[], DriftMonitor | None], registry: CollectorRegistry | None = None) -> None:
-        self._current = current
-        if registry is not None:
-            registry.register(self)
-
-    def describe(self) -> list[Any]:
-        return []  # unchecked collector: families appear only once there is something to say
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        monitor = self._current()
-        if monitor is None:
-            return
-        rows = GaugeMetricFamily("edgeship_drift_window_rows", "Served rows in the drift window.")
-        rows.add_metric([], monitor.rows)
-        yield rows
-        values = monitor.psi()
-        if values:
-            fam = GaugeMetricFamily(
-                "edgeship_feature_drift_psi",
-                "Population Stability Index of a model input over the recent window vs the bundle's reference.",
-                labels=["feature"],
-            )
-            for name, value in values.items():
-                fam.add_metric([name], value)
-            yield fam

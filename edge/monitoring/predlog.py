@@ -34,7 +34,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
+
+from edge.monitoring.metrics import PredLogMetrics
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["PredLogConfig", "PredictionLog", "read_rows"]
@@ -73,12 +75,8 @@ class PredictionLog:
         self._size = 0
         self._closed_bytes = 0
         self._files: list[Path] = []
-        self.rows = Counter("edgeship_predlog_rows", "Rows written to the prediction log.", registry=registry)
-        self.errors = Counter("edgeship_predlog_errors", "Prediction log writes that failed.", registry=registry)
-        self.deleted = Counter(
-            "edgeship_predlog_deleted_files", "Old prediction log files deleted to stay under max_bytes.", registry=registry
-        )
-        self.disk = Gauge("edgeship_predlog_bytes", "Bytes the prediction log holds on disk.", registry=registry)
+        m = PredLogMetrics(registry)  # defined in edge.monitoring.metrics
+        self.rows, self.errors, self.deleted, self.disk = m.rows, m.errors, m.deleted, m.disk
 
     @property
     def enabled(self) -> bool:

@@ -33,8 +33,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry
+
+from edge.monitoring.metrics import RealisedCollector, RealisedMetrics
 
 from models.fsutil import atomic_write_bytes
 from models.metrics import PERISHABLE_WEIGHT
@@ -80,14 +81,10 @@ class RealisedAccuracy:
         self._joined: collections.OrderedDict[Key, tuple[Group, float, float]] = collections.OrderedDict()
         self._sums: dict[Group, _Sums] = {}
         self._load()
-        self.joined_rows = Counter(
-            "edgeship_realised_joined_rows", "Reported sales rows joined to a logged forecast.", registry=registry
-        )
-        self.unmatched_rows = Counter(
-            "edgeship_realised_unmatched_rows", "Reported sales rows with no logged forecast to join.", registry=registry
-        )
+        m = RealisedMetrics(registry)  # defined in edge.monitoring.metrics
+        self.joined_rows, self.unmatched_rows = m.joined_rows, m.unmatched_rows
         if registry is not None:
-            registry.register(_Collector(self))
+            registry.register(RealisedCollector(self.snapshot))
 
     # -- input ------------------------------------------------------------------------------
     def observe(self, sales: Iterable[Any]) -> int:
@@ -196,29 +193,3 @@ class RealisedAccuracy:
                 self._sums[(int(store), str(model), int(version))] = _Sums(float(w), float(wd2), int(rows))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             logger.warning("ignoring unreadable %s: %s", self.state_file, exc)
-
-
-class _Collector:
-    """``edgeship_realised_nwrmsle`` / ``edgeship_realised_rows`` from the running sums, at scrape time."""
-
-    def __init__(self, owner: RealisedAccuracy) -> None:
-        self.owner = owner
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterable[Any]:
-        err = GaugeMetricFamily(
-            "edgeship_realised_nwrmsle", "Realised NWRMSLE of logged forecasts against reported sales.",
-            labels=["store_nbr", "model", "version"],
-        )
-        rows = GaugeMetricFamily(
-            "edgeship_realised_rows", "Reported sales rows joined per store and model version.",
-            labels=["store_nbr", "model", "version"],
-        )
-        for r in self.owner.snapshot():
-            labels = [str(r["store_nbr"]), r["model"], str(r["version"])]
-            err.add_metric(labels, r["nwrmsle"])
-            rows.add_metric(labels, r["rows"])
-        yield err
-        yield rows

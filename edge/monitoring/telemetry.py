@@ -20,8 +20,22 @@ messages; beyond it the oldest are dropped and counted like spool drops), and is
 as the broker is connected. :attr:`Spool.fault` names the fault (``disk_full``, ``disk_readonly``,
 ``disk_io``; the agent's ``/healthz`` shows it), ``edgeship_telemetry_unspooled_total`` counts
 such messages, and every new message tries the disk first, so spooling resumes by itself when the
-disk comes back. (Messages held only in memory do not survive a restart.) The spool opens its
+disk comes back; the first write that succeeds also writes the messages still held in memory (in
+sequence order, before the new one), so from then on they survive a restart too. The spool opens its
 file for each append and closes it after: nothing holds the state folder open for writing.
+
+**A restart while the disk is still unwritable** loses the messages held in memory: they exist
+nowhere else, and the state folder, where they belong, is exactly what cannot be written. Before the
+restart they are visible as ``edgeship_telemetry_in_memory`` and ``/healthz`` ``disk.telemetry_in_memory``.
+At shutdown the agent logs them (count, sequence range, fault) and writes a small *loss marker*
+to another file system, ``loss_marker_dir`` (default: ``$RUNTIME_DIRECTORY`` under systemd, else
+``/dev/shm``; both RAM, so the marker survives an agent restart but not a reboot or a power cut).
+At the next start the marker keeps the sequence from reusing the lost numbers (the cloud ingest
+would drop reused numbers as duplicates), ``edgeship_telemetry_lost_at_restart_total`` counts the
+loss, and once the spool takes a message again a ``telemetry_lost`` event with the count, the
+sequence range and the fault goes out, and the marker is removed. After a reboot or power cut with
+the disk unwritable the memory and the marker are both gone: the cloud then sees the device's
+sequence restart below its old high-water mark.
 
 Spool line format (one message per line; payloads are compact JSON, no newlines or tabs needed)::
 
@@ -42,6 +56,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -51,9 +66,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge.monitoring.metrics import TelemetryMetrics
 from models.fsutil import atomic_write_bytes
 from models import topics
 from models.messages import DeviceEvent, disk_reason
@@ -65,6 +81,7 @@ logger = logging.getLogger(__name__)
 
 _SEGMENT = re.compile(r"^seg-(\d{12})\.log$")
 _CURSOR = "delivered"
+LOST_EVENT = "telemetry_lost"
 
 
 class TelemetryConfig(BaseModel):
@@ -79,6 +96,28 @@ class TelemetryConfig(BaseModel):
     segment_bytes: int = Field(default=256 << 10, ge=1 << 10, description="Spool file size before a new one starts.")
     window: int = Field(default=16, ge=1, le=64, description="Messages in flight (QoS 1) while delivering.")
     fsync: bool = Field(default=True, description="fsync every appended message (survives a power cut).")
+    loss_marker_dir: Path | None = Field(
+        default=None,
+        description="Where a loss marker goes when messages held in memory die with the process (another "
+        "file system than the state folder; default $RUNTIME_DIRECTORY, else /dev/shm).",
+    )
+
+
+def loss_marker_path(folder: Path, marker_dir: Path | None = None) -> Path | None:
+    """The loss marker of the spool in ``folder``: one per spool folder, in ``marker_dir`` (or the default).
+
+    >>> loss_marker_path(Path("/var/lib/edgeship/telemetry"), Path("/run/x")).name.startswith("edgeship-telemetry-lost-")
+    True
+    """
+    import hashlib
+
+    if marker_dir is None:
+        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        marker_dir = Path(runtime) if runtime else Path("/dev/shm")
+        if not marker_dir.is_dir():
+            return None
+    tag = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16]
+    return Path(marker_dir) / f"edgeship-telemetry-lost-{tag}.json"
 
 
 @dataclasses.dataclass
@@ -101,6 +140,7 @@ class Spool:
         fsync: bool = True,
         on_drop: Callable[[int], None] | None = None,
         memory_max: int = 1000,
+        loss_marker: Path | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.max_bytes = max_bytes
@@ -118,8 +158,12 @@ class Spool:
         self.unspooled = 0  # messages ever kept in memory only
         self._memory: collections.deque[int] = collections.deque()  # seqs held in memory only, in order
         self._broken = False
+        self.loss_marker = loss_marker
+        #: A loss from before this start (the marker :meth:`close` left), until :meth:`loss_reported`.
+        self.lost_before: dict[str, Any] | None = None
         self.folder.mkdir(parents=True, exist_ok=True)
         self._recover()
+        self._read_loss_marker()
 
     # -- recovery ---------------------------------------------------------------------------
     def _recover(self) -> None:
@@ -145,9 +189,40 @@ class Spool:
             self._pending.extend(r for r in records if r[0] > self.delivered)
             last = max(last, records[-1][0])
         self._next = last + 1
+        self._durable = last  # the highest number a restart would find on disk (spooled or cursor)
         for tmp in self.folder.glob(f".{_CURSOR}.*"):
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+
+    def _read_loss_marker(self) -> None:
+        if self.loss_marker is None:
+            return
+        try:
+            lost = json.loads(self.loss_marker.read_text())
+            count, first, last = int(lost["count"]), int(lost["first_seq"]), int(lost["last_seq"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("unreadable telemetry loss marker %s: %s", self.loss_marker, exc)
+            return
+        self._next = max(self._next, int(lost.get("next_seq") or last + 1))  # never reuse a number that went out
+        if count <= 0:  # only the sequence's high-water mark
+            with contextlib.suppress(OSError):
+                self.loss_marker.unlink(missing_ok=True)
+            return
+        self.lost_before = {**lost, "count": count, "first_seq": first, "last_seq": last}
+        logger.error(
+            "%d telemetry/event messages (seq %d..%d) were lost at the last shutdown (%s): the spool could not "
+            "be written; reported as a %s event once it can", count, first, last, lost.get("reason"), LOST_EVENT,
+        )  # fmt: skip
+
+    def loss_reported(self) -> None:
+        """The ``telemetry_lost`` event for :attr:`lost_before` is spooled: forget the marker."""
+        with self._lock:
+            self.lost_before = None
+            if self.loss_marker is not None:
+                with contextlib.suppress(OSError):
+                    self.loss_marker.unlink(missing_ok=True)
 
     @staticmethod
     def _read(path: Path) -> tuple[list[tuple[int, str, bytes]], int]:
@@ -194,6 +269,7 @@ class Spool:
             self._next = seq + 1
             self._pending.append((seq, topic, payload))
             try:
+                self._write_memory()
                 self._write(seq, line)
             except OSError as exc:
                 reason = disk_reason(exc) or "disk_io"
@@ -233,11 +309,23 @@ class Spool:
                 pass
             raise
         self._broken = False
+        self._durable = max(self._durable, seq)
         if new:
             seg = _Segment(path, seq, seq, len(line))
             self._segments.append(seg)
         else:
             seg.last, seg.size = seq, seg.size + len(line)  # type: ignore[union-attr]
+
+    def _write_memory(self) -> None:
+        """Spool the messages held in memory (all older than the next one), oldest first."""
+        if not self._memory:
+            return
+        held = set(self._memory)
+        for seq, topic, payload in [r for r in self._pending if r[0] in held]:
+            self._write(seq, b"%d\t%s\t%s\n" % (seq, topic.encode(), payload))
+            self._memory.popleft()
+        self._memory.clear()
+        logger.info("telemetry held in memory is spooled to disk again (%d messages)", len(held))
 
     def _bound_memory(self) -> None:
         while len(self._memory) > self.memory_max:
@@ -286,35 +374,44 @@ class Spool:
                 with contextlib.suppress(OSError):  # a read-only disk: deleted on a later ack or at start
                     self._segments.pop(0).path.unlink(missing_ok=True)
             atomic_write_bytes(self.folder / _CURSOR, b"%d\n" % seq, durable=self.fsync)
+            self._durable = max(self._durable, seq)
 
-    def close(self) -> None:
-        """Nothing to release (each append opens and closes the segment); kept for callers."""
-
-
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        self.spooled = Counter(
-            "edgeship_telemetry_spooled", "Telemetry and event messages stored for delivery.", ["kind"], registry=registry
-        )
-        self.delivered = Counter(
-            "edgeship_telemetry_delivered", "Spooled messages the broker acknowledged.", registry=registry
-        )
-        self.dropped = Counter(
-            "edgeship_telemetry_dropped", "Undelivered messages dropped because the spool was full.", registry=registry
-        )
-        self.pending = Gauge("edgeship_telemetry_pending", "Spooled messages not yet delivered.", registry=registry)
-        self.spool_bytes = Gauge("edgeship_telemetry_spool_bytes", "Bytes the spool holds on disk.", registry=registry)
-        self.unspooled = Counter(
-            "edgeship_telemetry_unspooled",
-            "Messages kept in memory because the spool could not be written (disk full, read-only, I/O error).",
-            registry=registry,
-        )
-        self.in_memory = Gauge(
-            "edgeship_telemetry_in_memory", "Undelivered messages held in memory only (spool not writable).", registry=registry
-        )
-        self.spool_ok = Gauge(
-            "edgeship_telemetry_spool_writable", "1 when the last message could be spooled to disk, else 0.", registry=registry
-        )
+    def close(self) -> int:
+        """At shutdown: spool what is held in memory if the disk takes it now; else log the loss and
+        leave a loss marker (see the module's notes). Returns how many messages are lost."""
+        with self._lock:
+            if not self._memory:
+                if self._next - 1 > self._durable and self.loss_marker is not None:
+                    # nothing lost, but numbers that went out live are on no disk: keep the next start from reusing them
+                    with contextlib.suppress(OSError):
+                        marker = {**(self.lost_before or {"count": 0, "first_seq": 0, "last_seq": 0}), "next_seq": self._next}
+                        atomic_write_bytes(self.loss_marker, json.dumps(marker).encode(), durable=False)
+                return 0
+            try:
+                self._write_memory()
+                return 0
+            except OSError as exc:
+                reason = disk_reason(exc) or "disk_io"
+            held = list(self._memory)
+            before = self.lost_before or {}
+            lost = {
+                "count": len(held) + before.get("count", 0),
+                "first_seq": before.get("first_seq", held[0]), "last_seq": held[-1],
+                "next_seq": self._next, "reason": reason, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "spool": str(self.folder),
+            }  # fmt: skip
+            where = "no loss marker directory"
+            if self.loss_marker is not None:
+                try:
+                    atomic_write_bytes(self.loss_marker, json.dumps(lost).encode(), durable=False)
+                    where = f"loss marker {self.loss_marker}"
+                except OSError as exc:
+                    where = f"loss marker not written: {exc}"
+            logger.error(
+                "shutdown with the spool not writable (%s): %d telemetry/event messages held in memory are lost "
+                "(seq %d..%d; %s)", reason, len(held), held[0], held[-1], where,
+            )  # fmt: skip
+            return len(held)
 
 
 class Telemetry:
@@ -332,14 +429,17 @@ class Telemetry:
     ) -> None:
         self.config = config or TelemetryConfig()
         self.device_id = device_id
-        self.metrics = _Metrics(registry)
+        self.metrics = TelemetryMetrics(registry)
         self.spool = Spool(
             folder,
             max_bytes=self.config.spool_max_bytes,
             segment_bytes=self.config.segment_bytes,
             fsync=self.config.fsync,
             on_drop=self.metrics.dropped.inc,
+            loss_marker=loss_marker_path(Path(folder), self.config.loss_marker_dir),
         )
+        if self.spool.lost_before is not None:
+            self.metrics.lost_at_restart.inc(self.spool.lost_before["count"])
         self._topic_events = topics.events(fleet, device_id)
         self._topic_telemetry = topics.telemetry(fleet, device_id)
         self._collect = collect or dict
@@ -348,6 +448,7 @@ class Telemetry:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started = time.monotonic()
+        self._reporting = False
         self._update_gauges()
 
     # -- wiring -----------------------------------------------------------------------------
@@ -366,14 +467,15 @@ class Telemetry:
             t.start()
             self._threads.append(t)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the threads (what is undelivered stays on disk for the next start)."""
+    def stop(self, timeout: float = 5.0) -> int:
+        """Stop the threads (what is undelivered stays on disk for the next start). Returns how many
+        messages held in memory are lost because the disk still cannot take them (logged, marked)."""
         self._stop.set()
         self._wake.set()
         for t in self._threads:
             t.join(timeout)
         self._threads.clear()
-        self.spool.close()
+        return self.spool.close()
 
     # -- producing --------------------------------------------------------------------------
     def event(self, kind: str, detail: dict[str, Any]) -> int | None:
@@ -448,9 +550,25 @@ class Telemetry:
             self.metrics.unspooled.inc()
         else:
             self.metrics.spooled.labels(kind).inc()
+            if self.spool.lost_before is not None and not self._reporting:
+                self._report_loss()
         self._update_gauges()
         self._wake.set()
         return seq
+
+    def _report_loss(self) -> None:
+        """The spool took a message again after a start with a loss marker: say what was lost."""
+        lost = self.spool.lost_before or {}
+        detail = {k: lost[k] for k in ("count", "first_seq", "last_seq", "reason", "at") if k in lost}
+        before = self.spool.unspooled
+        self._reporting = True
+        try:
+            seq = self.event(LOST_EVENT, detail)
+        finally:
+            self._reporting = False
+        if seq is not None and self.spool.unspooled == before:  # on disk: it will go out, even after a restart
+            logger.warning("reported the %d telemetry/event messages lost at the last shutdown (event %d)", detail["count"], seq)
+            self.spool.loss_reported()
 
     def _update_gauges(self) -> None:
         self.metrics.pending.set(self.spool.pending)

@@ -36,7 +36,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from edge.monitoring.metrics import BatcherMetrics, BatchMetrics
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.serving.errors import Overloaded
@@ -64,55 +65,6 @@ class BatchingConfig(BaseModel):
     endpoint_max_rows: int = Field(
         default=10_000, ge=1, le=1_000_000, description="Most rows POST /v1/predict:batch accepts (413 beyond)."
     )
-
-
-class BatchMetrics:
-    """``edgeship_batch_*``: rows and requests per batch, queueing time, refusals; one label per batcher.
-
-    >>> m = BatchMetrics(CollectorRegistry())
-    >>> live, shadow = m.child("live"), m.child("shadow")
-    """
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._rows = Histogram(
-            "edgeship_batch_rows",
-            "Rows per executed batch.",
-            ["batcher"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024),
-            registry=registry,
-        )
-        self._requests = Histogram(
-            "edgeship_batch_requests",
-            "Requests per executed batch.",
-            ["batcher"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-            registry=registry,
-        )
-        self._queued = Histogram(
-            "edgeship_batch_queue_seconds",
-            "Time a request waited before its batch started.",
-            ["batcher"],
-            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05),
-            registry=registry,
-        )
-        self._rejected = Counter(
-            "edgeship_batch_rejected", "Requests refused because the queue was full.", ["batcher"], registry=registry
-        )
-
-    def child(self, batcher: str) -> _BatcherMetrics:
-        return _BatcherMetrics(
-            self._rows.labels(batcher),
-            self._requests.labels(batcher),
-            self._queued.labels(batcher),
-            self._rejected.labels(batcher),
-        )
-
-
-class _BatcherMetrics:
-    __slots__ = ("rows", "requests", "queued", "rejected")
-
-    def __init__(self, rows: Any, requests: Any, queued: Any, rejected: Any) -> None:
-        self.rows, self.requests, self.queued, self.rejected = rows, requests, queued, rejected
 
 
 class _Job(Generic[K, T]):
@@ -156,7 +108,7 @@ class MicroBatcher(Generic[K, T]):
         run: Callable[[K, list[T]], Sequence[Any]],
         config: BatchingConfig | None = None,
         *,
-        metrics: _BatcherMetrics | None = None,
+        metrics: BatcherMetrics | None = None,
         name: str = "live",
         inline_when_idle: bool = True,
     ) -> None:

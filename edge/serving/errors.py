@@ -59,7 +59,6 @@ class RequestError(ValueError):
         self.details: list[ErrorDetail] = list(details[:MAX_DETAILS]) or [detail("body", "invalid", "invalid request")]
         self.status = status
         self.code = code
-        self.truncated = max(len(details) - MAX_DETAILS, 0)
         more = len(details) - 1
         super().__init__(self.details[0]["message"] + (f" (and {more} more)" if more > 0 else ""))
 

@@ -12,8 +12,13 @@ All read-only except feedback; all computed on the model the agent serves right 
     POST /v1/explain  {"instance": {date, store_nbr, item_nbr, onpromotion}}
                                     → {"prediction", "baseline_prediction", "contributions": [{feature,
                                        value, baseline, contribution}], "method", "permutations", "model"}
-    POST /v1/predict:candidate  {"instances": [...]}  → the shadow / A-B candidate's answer (404 if none)
-    POST /v1/feedback  FeedbackIn   → FeedbackAck (stored in SQLite, sent over MQTT, actuals → lag state)
+    POST /v1/predict:candidate  {"instances": [...]}  → the shadow / A-B candidate's answer, with its
+                                      "mode" and "share" (404 no_candidate if none)
+    POST /v1/predict:live  {"instances": [...]}  → the live model's answer, never routed to an A/B arm
+                                      (so the app can show both models side by side)
+    POST /v1/feedback  FeedbackIn   → FeedbackAck (stored in SQLite, sent over MQTT, actuals → lag state);
+                                      503 {"error": {"code": "disk_readonly" | "disk_full" | "disk_io"}}
+                                      when the device cannot commit it (nothing taken: send it again)
 
 The explanation is permutation-sampled Shapley values on the served variant: the 20 contract
 features (8 ``cat`` + 12 ``num`` columns) are switched one by one from a *baseline input* (every
@@ -39,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from edge.monitoring.feedback import FeedbackStore
+from edge.monitoring.feedback import FeedbackNotStored, FeedbackStore
 from edge.serving.errors import RequestError, detail, from_validation_error
 from models.contract import CAT_FEATURES, LAG_WINDOW_DAYS, NUM_FEATURES
 from models.features import Encoded, target_inverse
@@ -51,6 +56,11 @@ logger = logging.getLogger(__name__)
 
 FEATURES: tuple[str, ...] = (*CAT_FEATURES, *NUM_FEATURES)
 _MAX_BODY = 64 << 10
+_NOT_STORED = {
+    reason: f"feedback NOT stored: the device's disk is {what} ({reason}); nothing was recorded or sent, "
+    "the lag state is unchanged: send it again once the disk is fixed"
+    for reason, what in (("disk_readonly", "read-only"), ("disk_full", "full"), ("disk_io", "failing (I/O error)"))
+}
 
 
 def explain(predictor: Any, row: Any, *, permutations: int = 16, seed: int = 0) -> dict[str, Any]:
@@ -157,6 +167,7 @@ class FieldApi:
             Route("/v1/history", self._history, methods=["GET"]),
             Route("/v1/explain", self._explain, methods=["POST"]),
             Route("/v1/predict:candidate", self._candidate, methods=["POST"]),
+            Route("/v1/predict:live", self._live, methods=["POST"]),
             Route("/v1/feedback", self._feedback, methods=["POST"]),
         ]
 
@@ -284,11 +295,27 @@ class FieldApi:
                 if predictor is None:
                     return _error("no_candidate", "no candidate model runs on this device", 404)
                 predictions = predictor.predict(body)
-                return JSONResponse({"predictions": predictions, "model": predictor.info.model_dump()})
+                settings = cand.settings
+                return JSONResponse({"predictions": predictions, "model": predictor.info.model_dump(),
+                                     "mode": settings.mode if settings else None,
+                                     "share": settings.share if settings else None})  # fmt: skip
         except RequestError as exc:
             return JSONResponse(exc.to_json(), status_code=exc.status)
         except Exception:
             logger.exception("candidate predict failed")
+            return _error("internal", "internal error", 500)
+
+    async def _live(self, request: Request) -> Response:
+        try:
+            body = await self._json(request)
+            with self.slot.use() as live:
+                if live is None:
+                    return _error("no_model", "no model is active yet", 503)
+                return JSONResponse({"predictions": live.predict(body), "model": live.info.model_dump()})
+        except RequestError as exc:
+            return JSONResponse(exc.to_json(), status_code=exc.status)
+        except Exception:
+            logger.exception("live predict failed")
             return _error("internal", "internal error", 500)
 
     async def _feedback(self, request: Request) -> Response:
@@ -298,7 +325,15 @@ class FieldApi:
                 feedback = FeedbackIn.model_validate(body)
             except ValidationError as exc:
                 raise from_validation_error(exc) from None
-            record = self.feedback.add(feedback)  # durable first; the lag state is advisory
+            try:
+                record = self.feedback.add(feedback)  # durable first; the lag state is advisory
+            except FeedbackNotStored as exc:  # never acknowledge what a restart could lose
+                return JSONResponse(
+                    {"error": {"code": exc.reason, "message": _NOT_STORED[exc.reason], "details": [
+                        {"field": "disk", "rule": "writable", "message": f"disk: is {exc.reason.removeprefix('disk_')} "
+                         f"({exc.reason}): feedback not stored"}]}},
+                    status_code=503, headers={"Retry-After": "30"},
+                )  # fmt: skip
             lag = "not_applicable"
             if feedback.actual_units is not None and getattr(self.serving, "online", None) is not None:
                 r = feedback.request

@@ -144,6 +144,7 @@ def create_app(
     max_body_bytes: int | None = None,
     routes: Sequence[BaseRoute] = (),
     health: Callable[[], dict[str, Any]] | None = None,
+    auth: Any = None,
 ) -> Starlette:
     """The agent's HTTP app over ``serving`` (an :class:`edge.serving.pipeline.Serving`; a bare
     :class:`ModelSlot` is wrapped in :meth:`Serving.embedded`).
@@ -245,6 +246,10 @@ def create_app(
         own.append(Route("/v1/sales", sales, methods=["POST"]))
     app = Starlette(routes=[*own, *routes])  # EXTRA ROUTES mounted here
     app.state.serving = app_state  # HttpServer puts "inflight" here
+    if auth is not None:  # edge.serving.auth: bearer token for writes, JSON content type, optional for reads
+        from edge.serving.auth import install
+
+        install(app, auth)
     return app
 
 

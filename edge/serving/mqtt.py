@@ -9,7 +9,8 @@ MQTT 3.1.1, so the correlation id (and an optional expiry) travel in the payload
                                                   {"correlation_id": "r1", "status": 422, "error": {"code":
                                                    "invalid_request", "message", "details": [...]}}
     → …/request/sales     {"correlation_id": "s1", "sales": [...]}  ← …/response/sales  SalesAck | ErrorResponse
-    → …/set               {"command": "candidate", "version": 3, "mode": "ab", "share": 0.1}  → a "candidate" event
+    → …/set               {"command": "candidate", "signed": <signed CandidateOrder>}  → a "candidate" event
+                          (unsigned, forged, expired or for a rolled-back version: refused with a reason)
 
 Requests are validated exactly as over HTTP (same rules, same error shape, plus the HTTP status
 the error would have had). Paho's network thread parses and validates; the rows join the shared
@@ -40,6 +41,7 @@ from edge.serving.request import dumps, load_object
 from edge.serving.shadow import CandidateSettings
 from models import topics
 from models.serving import CandidateCommand
+from models.targets import TargetsError
 
 __all__ = ["MqttServing"]
 
@@ -54,8 +56,20 @@ def _correlation_id(body: Any) -> str | None:
 class MqttServing:
     """Subscribes ``request/predict``, ``request/sales`` and ``set`` on a :class:`edge.delivery.link.MqttLink`."""
 
-    def __init__(self, serving: Serving, link: Any, *, max_payload_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        serving: Serving,
+        link: Any,
+        *,
+        max_payload_bytes: int = 1 << 20,
+        authorize: Callable[[CandidateCommand], CandidateCommand] | None = None,
+    ) -> None:
+        """``authorize`` checks a candidate command's signed order (edge.delivery.commands) and returns
+        the command to act on, or raises :class:`models.targets.TargetsError`; without it every
+        candidate command is refused (``unsigned``)."""
         self.serving = serving
+        self.authorize = authorize
+        self._loading = threading.Lock()  # one candidate load at a time
         self.link = link
         self.metrics = serving.metrics
         self.max_payload_bytes = max_payload_bytes
@@ -183,10 +197,37 @@ class MqttServing:
         except ValidationError as exc:
             self.link.publish_event("candidate", outcome="refused", reason="invalid", message=str(exc).splitlines()[0])
             raise ValueError("invalid candidate command") from None
+        try:
+            if self.authorize is None:
+                raise TargetsError("unsigned", "this device accepts no candidate commands")
+            cmd = self.authorize(cmd)
+        except TargetsError as exc:
+            self.metrics_refused(exc.reason)
+            self.link.publish_event("candidate", outcome="refused", reason=exc.reason, message=str(exc)[:500])
+            logger.warning("candidate command refused (%s): %s", exc.reason, exc)
+            return
+        if not self._loading.acquire(blocking=False):
+            self.link.publish_event("candidate", outcome="refused", reason="busy", message="a candidate is loading")
+            return
         # Loading a model takes a while: not on paho's network thread.
-        threading.Thread(target=self._load_candidate, args=(cmd,), name="edgeship-candidate", daemon=True).start()
+        try:
+            threading.Thread(target=self._load_candidate, args=(cmd,), name="edgeship-candidate", daemon=True).start()
+        except BaseException:
+            self._loading.release()
+            raise
+
+    def metrics_refused(self, reason: str) -> None:
+        counter = getattr(self.metrics, "refused_documents", None)
+        if counter is not None:
+            counter.labels(reason).inc()
 
     def _load_candidate(self, cmd: CandidateCommand) -> None:
+        try:
+            self._load_candidate_locked(cmd)
+        finally:
+            self._loading.release()
+
+    def _load_candidate_locked(self, cmd: CandidateCommand) -> None:
         detail_ = {"correlation_id": cmd.correlation_id} if cmd.correlation_id else {}
         try:
             base = self.serving.candidate_config

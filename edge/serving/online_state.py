@@ -24,7 +24,8 @@ at most every ``flush_interval_s`` and on stop, and restored on start.
 
 Rules a report must keep (all or nothing, 4xx naming ``sales[i].<field>``): schema (``required``,
 ``date_format``, ``finite``…), ``known_store``, ``known_item``, ``window`` (not older than the store's lag
-window), ``date_advance`` (at most ``max_advance_days`` after the store's last known day), ``duplicate``
+window), ``date_advance`` (at most ``max_advance_days`` after the store's last known day), ``future`` (at
+most ``max_future_days`` after the device's own date: no report can block the days ahead), ``duplicate``
 (one value per store×item×day per report), ``max_rows`` (413).
 """
 
@@ -41,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
+
+from edge.monitoring.metrics import SalesMetrics
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.serving.errors import ErrorDetail, RequestError, detail, from_validation_error
@@ -69,6 +72,11 @@ class OnlineStateConfig(BaseModel):
     )
     max_advance_days: int = Field(
         default=W, ge=1, le=3660, description="A reported day may be at most this many days after the last known one."
+    )
+    max_future_days: int = Field(
+        default=1, ge=0, le=7, description="A reported day may be at most this many days after the device's "
+        "UTC date (time zones and clock skew); later days are refused (rule 'future'), so no report can move "
+        "the lag window past today and block predictions for the days ahead."
     )
 
 
@@ -213,20 +221,6 @@ def merge_state(bundle: SalesState, record: SalesRecord | None, tables: Tables |
     return SalesState(store_nbr=store, item_nbr=item, window=window, end_date=newest, pair_end=pair_end)
 
 
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        self.reports = Counter(
-            "edgeship_sales_reports", "Sales reports by transport and outcome.", ["transport", "outcome"], registry=registry
-        )
-        self.rows = Counter("edgeship_sales_rows", "Reported sales rows applied to the lag state.", registry=registry)
-        self.end = Gauge(
-            "edgeship_lag_state_end_timestamp_seconds",
-            "Last day of known sales in the live model's lag windows (unix time of its midnight UTC).",
-            registry=registry,
-        )
-        self.saves = Counter("edgeship_lag_state_saves", "Lag state writes to disk by outcome.", ["outcome"], registry=registry)
-
-
 class OnlineState:
     """The sales record, its persistence, and the views served to attached predictors. Thread-safe."""
 
@@ -238,7 +232,7 @@ class OnlineState:
     ) -> None:
         self.config = config or OnlineStateConfig()
         self.path = Path(path)
-        self.metrics = _Metrics(registry)
+        self.metrics = SalesMetrics(registry)
         self._lock = threading.RLock()
         self._record: SalesRecord | None = None
         self._attached: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -246,6 +240,8 @@ class OnlineState:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: The device's date (UTC); replaceable in tests that simulate a device clock.
+        self.today: Any = lambda: np.datetime64(np.datetime64("now", "s"), "D")
 
     # -- lifecycle --------------------------------------------------------------------------
     def load(self) -> None:
@@ -362,6 +358,7 @@ class OnlineState:
         end = np.where(np.isnat(known) | (known < bundle_end), bundle_end, known)
         first = end - (W - 1) * _DAY
         last = end + self.config.max_advance_days * _DAY
+        latest = self.today() + self.config.max_future_days * _DAY  # never past the device's clock
         s_ok = tables.store_index(store) >= 0
         i_ok = tables.item_index(item) >= 0
         d_ok = (dates >= first) & (dates <= last)
@@ -377,6 +374,11 @@ class OnlineState:
             if dates[r] < first[r]:
                 problems.append(
                     detail(f"{f}.date", "window", f"{dates[r]} is before the lag window, which starts {first[r]}")
+                )
+            elif dates[r] > latest:
+                problems.append(
+                    detail(f"{f}.date", "future", f"{dates[r]} is after the device's date {latest - self.config.max_future_days * _DAY}"
+                           f" (+{self.config.max_future_days} day(s) allowed)")
                 )
             elif not d_ok[r]:
                 problems.append(

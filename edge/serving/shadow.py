@@ -29,7 +29,9 @@ import logging
 import threading
 from typing import Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+
+from edge.monitoring.metrics import ARMS, ArmMetrics
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.serving.slot import ModelSlot
@@ -37,11 +39,6 @@ from edge.serving.slot import ModelSlot
 __all__ = ["CandidateConfig", "CandidateSettings", "Candidate", "ArmMetrics", "ARMS"]
 
 logger = logging.getLogger(__name__)
-
-ARMS = ("live", "candidate")
-_LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
-_DIFF_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
-_VALUE_BUCKETS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0)
 
 
 class CandidateConfig(BaseModel):
@@ -72,59 +69,6 @@ class CandidateSettings(BaseModel):
     share: float = Field(default=1.0, ge=0.0, le=1.0)
     key: Literal["pair", "request"] = "pair"
     tolerance: float = Field(default=0.1, ge=0.0)
-
-
-class ArmMetrics:
-    """Metrics per arm and of the shadow comparison (defined once, bounded labels)."""
-
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        r = registry
-        self.requests = Counter(
-            "edgeship_arm_requests",
-            "Requests answered (live, candidate in A/B) or mirrored (candidate in shadow) per arm, by outcome.",
-            ["arm", "outcome"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "edgeship_arm_latency_seconds",
-            "Per arm: time from queueing a request's rows until its predictions are ready.",
-            ["arm"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.prediction = Histogram(
-            "edgeship_arm_prediction_log1p",
-            "Per arm: predicted log1p(unit sales) of each row.",
-            ["arm"],
-            buckets=_VALUE_BUCKETS,
-            registry=r,
-        )
-        self.abs_diff = Histogram(
-            "edgeship_shadow_abs_diff",
-            "Shadow: |candidate - live| per row in log1p space.",
-            buckets=_DIFF_BUCKETS,
-            registry=r,
-        )
-        self.shadow_rows = Counter(
-            "edgeship_shadow_rows", "Shadow rows compared, by agreement within tolerance.", ["agree"], registry=r
-        )
-        self.skipped = Counter(
-            "edgeship_shadow_skipped", "Requests not mirrored because the shadow queue was full.", registry=r
-        )
-        self.fallbacks = Counter(
-            "edgeship_candidate_fallbacks",
-            "A/B requests routed to the candidate that it could not answer (answered by live).",
-            registry=r,
-        )
-        self.info = Gauge(
-            "edgeship_candidate_info",
-            "The candidate model (1); no series while none is loaded.",
-            ["name", "version", "digest", "variant", "runtime", "mode", "share"],
-            registry=r,
-        )
-        for arm in ARMS:  # series exist from the start: rate() works from the first request
-            self.latency.labels(arm)
-            self.prediction.labels(arm)
 
 
 class Candidate:

@@ -3,9 +3,10 @@
 Staff pick a store and a product (by name, with family and class), a day and promotion; the page
 shows the live model's forecast (and the shadow / A-B candidate's beside it when one runs), the
 model that answered (name, version, digest, variant), the item's recent daily sales from the
-agent's lag state with the forecast day after it, a per-prediction explanation computed on the edge
-model (Shapley sampling, :mod:`edge.serving.field_routes`), and a feedback form (right / wrong, actual
-units, comment). A "Batch CSV" tab forecasts uploaded rows with per-row errors.
+agent's lag state with the forecast days after it (each day up to the asked one), a
+per-prediction explanation computed on the edge model (Shapley sampling,
+:mod:`edge.serving.field_routes`), and a feedback form (right / wrong, actual units, comment). A
+"Batch CSV" tab forecasts uploaded rows with per-row errors.
 
 It talks to the agent only over HTTP (:class:`edge.validate_app.client.AgentClient`), so it runs on
 the device beside the agent or on a staff laptop. Nothing is fetched from the internet: the theme
@@ -23,6 +24,7 @@ Start it with ``edgeship validate --agent URL`` or :func:`launch`.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import logging
 import os
 import socket
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 _SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
 _MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 _FIELDS = ("date", "store_nbr", "item_nbr")
+_CONCURRENCY = 4  # requests each endpoint runs at once (the agent batches; a Pi has 4 cores)
 
 
 def theme() -> gr.themes.Base:
@@ -163,21 +166,16 @@ class _App:
             )  # fmt: skip
         forecast = answer["predictions"][0]
         model = answer["model"]
-        cand_md = ""
-        try:
-            cand = self.agent.candidate(row)
-            cand_md = f"**Candidate forecast:** {cand['predictions'][0]:.2f} units · " + _model_md(cand["model"], "candidate")
-        except AgentError as exc:
-            if exc.code != "no_candidate":
-                cand_md = f"candidate: ⚠ {exc.message}"
+        cand_md = self._side_by_side(row, forecast, model)
         plot = empty
         try:
             h = self.agent.history(row["store_nbr"], row["item_nbr"], 28)
+            days, units = self._forecast_days(row, h["end_date"], forecast)
             plot = pd.DataFrame(
                 {
-                    "date": pd.to_datetime(h["dates"] + h["dates"][-1:] + [row["date"]]),
-                    "units": h["unit_sales"] + h["unit_sales"][-1:] + [forecast],
-                    "series": ["actual sales (lag state)"] * len(h["dates"]) + ["forecast"] * 2,
+                    "date": pd.to_datetime(h["dates"] + h["dates"][-1:] + days),
+                    "units": h["unit_sales"] + h["unit_sales"][-1:] + units,
+                    "series": ["actual sales (lag state)"] * len(h["dates"]) + ["forecast"] * (1 + len(days)),
                 }
             )
         except AgentError as exc:
@@ -188,6 +186,49 @@ class _App:
             + (" (on promotion)" if row["onpromotion"] else ""),
             cand_md, _model_md(model, "Answered by"), plot, "", "", "", last,
         )  # fmt: skip
+
+    def _forecast_days(self, row: dict[str, Any], end: str, forecast: float) -> tuple[list[str], list[float]]:
+        """Every day from the lag state's end to the asked day, forecast in one request (the asked day's
+        value is the answer shown above); only that day if the agent refuses the others."""
+        first = dt.date.fromisoformat(end) + dt.timedelta(days=1)
+        n = (dt.date.fromisoformat(row["date"]) - first).days + 1
+        days = [(first + dt.timedelta(days=k)).isoformat() for k in range(max(n, 1))]
+        if len(days) <= 1:
+            return [row["date"]], [forecast]
+        try:
+            preds = self.agent.predict_rows([{**row, "date": d} for d in days[:-1]])["predictions"]
+        except AgentError as exc:
+            logger.info("forecast days before %s: %s", row["date"], exc.message)
+            return [row["date"]], [forecast]
+        return days, [*preds, forecast]
+
+    def _side_by_side(self, row: dict[str, Any], forecast: float, model: dict[str, Any]) -> str:
+        """With a shadow / A-B candidate: both models' forecasts, and which arm answered; else ""."""
+        try:
+            cand = self.agent.candidate(row)
+        except AgentError as exc:
+            return "" if exc.code == "no_candidate" else f"candidate: ⚠ {exc.message}"
+        c_pred, c_model = cand["predictions"][0], cand["model"]
+        arm = "candidate" if model["digest"] == c_model["digest"] and model["version"] == c_model["version"] else "live"
+        if arm == "live":
+            l_pred, l_model = forecast, model
+        else:  # an A/B split sent this row to the candidate: ask the live model on its own
+            try:
+                live = self.agent.live(row)
+                l_pred, l_model = live["predictions"][0], live["model"]
+            except AgentError as exc:
+                l_pred, l_model = None, {**model, "name": f"⚠ {exc.message}"}
+        mode = cand.get("mode") or "shadow"
+        share = cand.get("share")
+        how = f"{mode}, {share:.0%} of traffic" if isinstance(share, (int, float)) else mode
+        live_txt = f"{l_pred:.2f} units" if l_pred is not None else "n/a"
+        return (
+            f"| | forecast | model |\n|---|---:|---|\n"
+            f"| **live**{' ← answered' if arm == 'live' else ''} | {live_txt} | `{l_model['name']}` v{l_model['version']} "
+            f"· `{l_model['variant']}` · `{l_model['digest'][:12]}…` |\n"
+            f"| **candidate** ({how}){' ← answered' if arm == 'candidate' else ''} | {c_pred:.2f} units | "
+            f"`{c_model['name']}` v{c_model['version']} · `{c_model['variant']}` · `{c_model['digest'][:12]}…` |"
+        )
 
     # -- explanation ------------------------------------------------------------------------
     def explain(self, date: str, store: Any, item: Any, promo: bool) -> tuple[Any, str]:
@@ -234,6 +275,8 @@ class _App:
         try:
             ack = self.agent.feedback(body)
         except AgentError as exc:
+            if exc.code.startswith("disk_"):  # not stored on the device: say so, the form stays filled in
+                return _err(exc.message)
             _, rest = _field_errors(exc)
             per = "; ".join(d.get("message", "") for d in exc.details)
             return _err(per or rest)
@@ -263,8 +306,8 @@ class _App:
             preds = [None] * len(rows)
             errors = [{"index": int(d["field"][10:].split("]")[0]), **d} for d in exc.details if d["field"].startswith("instances[")]
         per_row: dict[int, list[str]] = {}
-        for e in errors:
-            per_row.setdefault(e["index"], []).append(e["message"])
+        for e in errors:  # "instances[3].store_nbr: unknown store 99 …" → "store_nbr: unknown store 99 …"
+            per_row.setdefault(e["index"], []).append(e["message"].replace(f"instances[{e['index']}].", ""))
         df = pd.DataFrame(rows)
         df["prediction"] = preds
         df["error"] = ["; ".join(per_row.get(i, [])) for i in range(len(rows))]
@@ -324,13 +367,16 @@ def build(agent_url: str, *, token: str | None = None, validator: str = "") -> g
             download = gr.File(label="Download", elem_id="batch-download")
 
         form = [date, store, item, promo]
-        demo.load(app.choices, outputs=[store, item, status, date], api_name=False)
+        # each event's own limit here rather than demo.queue(default_concurrency_limit=…): queue() rebuilds
+        # the whole FastAPI app once more (about a second of start on a Pi)
+        lim = {"concurrency_limit": _CONCURRENCY}
+        demo.load(app.choices, outputs=[store, item, status, date], api_name=False, **lim)
         go.click(app.predict, inputs=form, outputs=[forecast, candidate, model, plot, date_err, store_err, item_err, last],
-                 api_name="predict")  # fmt: skip
-        explain_btn.click(app.explain, inputs=form, outputs=[bars, explain_md], api_name="explain")
+                 api_name="predict", **lim)  # fmt: skip
+        explain_btn.click(app.explain, inputs=form, outputs=[bars, explain_md], api_name="explain", **lim)
         send.click(app.feedback, inputs=[*form, verdict, actual, comment, validator_box, last], outputs=[feedback_md],
-                   api_name="feedback")  # fmt: skip
-        run.click(app.batch, inputs=[upload], outputs=[table, download, batch_md], api_name="predict_batch")
+                   api_name="feedback", **lim)  # fmt: skip
+        run.click(app.batch, inputs=[upload], outputs=[table, download, batch_md], api_name="predict_batch", **lim)
     return demo
 
 
@@ -353,7 +399,6 @@ def launch(
     """Build and serve the app; returns ``(blocks, url)`` (``block=True`` serves until interrupted)."""
     demo = build(agent_url, token=token, validator=validator)
     port = port or _free_port(host)
-    demo.queue(default_concurrency_limit=4)
     demo.launch(
         server_name=host,
         server_port=port,

@@ -62,6 +62,12 @@ class AgentClient:
     def candidate(self, row: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/v1/predict:candidate", json={"instances": [row]})
 
+    def predict_rows(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._call("POST", "/v1/predict", json={"instances": rows})
+
+    def live(self, row: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/v1/predict:live", json={"instances": [row]})
+
     def predict_batch(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return self._call("POST", "/v1/predict:batch", json={"instances": rows})
 

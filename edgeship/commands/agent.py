@@ -49,10 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_agent_arguments(p: argparse.ArgumentParser) -> None:
-    from edge.config import parse_option
     from edge.runtimes import REGISTRY
 
     def _option(text: str):
+        from edge.config import parse_option  # here, not at parser build: every other command skips its import
+
         try:
             return parse_option(text)
         except ValueError as exc:
@@ -90,7 +91,14 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-transfer-rate", dest="transfer_max_bps", type=int, metavar="BYTES_PER_S",
                    help="cap on bundle download speed (default: none)")  # fmt: skip
     p.add_argument("--broker", help="MQTT broker, mqtt://HOST:PORT (credentials: EDGESHIP_MQTT_USERNAME/_PASSWORD)")
-    p.add_argument("--http", metavar="HOST:PORT", help="serve HTTP here ([::1]:8080 for IPv6; port 0 = any free port)")
+    p.add_argument("--http", metavar="[HOST:]PORT",
+                   help="serve HTTP here; a bare PORT listens on loopback only (127.0.0.1); [::1]:8080 for IPv6; "
+                   "0.0.0.0:8080 for the shop network (then give --http-token-file); port 0 = any free port")  # fmt: skip
+    p.add_argument("--http-token-file", type=Path, metavar="FILE",
+                   help="bearer token (first line) that HTTP writes such as POST /v1/sales need "
+                   "(else $EDGESHIP_HTTP_TOKEN; with neither, writes only from loopback)")  # fmt: skip
+    p.add_argument("--http-auth-reads", action="store_true", default=None,
+                   help="require the token for /v1/predict, /healthz and /metrics too")  # fmt: skip
     p.add_argument("--fleet", help="fleet id (default: default)")
     p.add_argument("--model", help="accept only this model name's announcements")
     p.add_argument(

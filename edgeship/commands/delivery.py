@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--select", action="append", metavar="KEY=VALUE", help="only devices reporting this attribute")
     p.add_argument("--keylist", type=Path, help="root-signed key list to ship (default: keylist.json beside --key)")
     p.add_argument("--chunk-size", type=int, default=64 * 1024)
+    p.add_argument("--keep-retained", type=int, default=3, metavar="K",
+                   help="versions of this model whose chunks stay retained on the broker; older ones are cleared (default 3)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--rollback", action="store_true",
                    help="going back to an older version on purpose (else refused when the fleet announces a newer one)")
@@ -104,7 +106,7 @@ def _publish(args: argparse.Namespace) -> int:
         ann = publish(
             args.bundle, args.broker, key=args.key, fleet=args.fleet, chunk_size=args.chunk_size,
             progress=not args.no_progress, expires_in=args.expires_in, hardware=args.hardware,
-            attributes=select or None, keylist=args.keylist, rollback=args.rollback,
+            attributes=select or None, keylist=args.keylist, keep_retained=args.keep_retained, rollback=args.rollback,
         )  # fmt: skip
     except (PublishError, ValueError, FileNotFoundError, argparse.ArgumentTypeError) as exc:
         return error(str(exc))

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--signing", required=True, type=Path, help="signing PUBLIC key to trust")
     p.add_argument("--keylist", type=Path, help="key list file (default: keylist.json beside --signing)")
     p.add_argument("--name", help="who holds the key (shown in the list)")
-    p.add_argument("--expires-in", type=seconds, help="the list expires after this (default: never)")
+    p.add_argument("--expires-in", type=seconds, help="the list expires after this (default 180d; devices refuse updates once it has)")
     p.set_defaults(func=_keylist)
     p = keys.add_parser("revoke", help="revoke a signing key (by key id or public key file)", epilog=EPILOG,
                         formatter_class=EXAMPLES)  # fmt: skip

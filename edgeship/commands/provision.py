@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_provision)
     p.add_argument("--broker-dir", type=Path, default=Path("/etc/mosquitto/edgeship"))
     p.add_argument("--host", action="append", required=True, help="broker host name or IP (repeatable)")
+    p.add_argument("--ca-key-dir", type=Path, default=Path("edgeship-ca"),
+                   help="where the CA key goes: NOT the broker's folder (default ./edgeship-ca; keep it offline)")  # fmt: skip
     for name in ("cloud", "device"):
         p = prov.add_parser(name, help=f"credentials and ACL entries for the {name} identity", formatter_class=EXAMPLES, epilog=EPILOG)
         p.set_defaults(func=_provision)
@@ -30,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--out", required=True, type=Path, help="credentials go to OUT/<identity>/")
         p.add_argument("--broker-dir", type=Path, default=Path("/etc/mosquitto/edgeship"))
         p.add_argument("--client-cert", action="store_true", help="also a client certificate signed by the CA")
-        p.add_argument("--ca-key", type=Path, help="CA key (default: BROKER_DIR/ca.key)")
+        p.add_argument("--ca-key", type=Path, help="CA key for --client-cert (as written by provision ca --ca-key-dir)")
 
 
 def _provision(args: argparse.Namespace) -> int:
@@ -38,9 +40,11 @@ def _provision(args: argparse.Namespace) -> int:
 
     try:
         if args.provision_command == "ca":
-            ca, ca_key = p.make_ca(args.broker_dir)
+            if args.ca_key_dir.resolve() == args.broker_dir.resolve():
+                return error("--ca-key-dir must not be the broker's folder: the broker never needs the CA key")
+            ca, ca_key = p.make_ca(args.broker_dir, key_dir=args.ca_key_dir)
             crt, key = p.make_server_cert(ca, ca_key, args.broker_dir, args.host)
-            print(f"wrote {ca}, {ca_key} (0600), {crt}, {key} (0600)")
+            print(f"wrote {ca}, {crt}, {key} (0600); the CA key {ca_key} (0600) is NOT in the broker's folder: keep it offline")
             return 0
         if args.provision_command == "cloud":
             files = p.provision_cloud(args.broker_dir, args.out, client_cert=args.client_cert, ca_key=args.ca_key)

@@ -146,8 +146,12 @@ def test_mqtt_request_response_sales_and_commands(tmp_path, keys, bundle, mosqui
         assert nack["status"] == 422 and nack["error"]["details"][0]["rule"] == "known_item"
 
         # a candidate by command on …/set (the previous version would be usual; here v1 itself)
+        from cloud.fleet.publish import sign_candidate  # candidate commands are signed orders (issue 7)
+
+        order = sign_candidate(keys[0], model=agent.predictor.name, devices=[DEVICE], version=1,
+                               sha256=agent.predictor.digest, mode="shadow")  # fmt: skip
         client.c.publish(topics.command("default", DEVICE), json.dumps(
-            {"command": "candidate", "version": 1, "mode": "shadow", "correlation_id": "k1"}), qos=1).wait_for_publish(5)
+            {"command": "candidate", "correlation_id": "k1", "signed": order.model_dump(mode="json")}), qos=1).wait_for_publish(5)
         event = client.wait(lambda: [e for e in client.received("/events") if e["kind"] == "candidate"], "candidate event")[0]
         assert event["detail"]["outcome"] == "loaded" and event["detail"]["correlation_id"] == "k1" and event["seq"] >= 1
         client.c.publish(topics.command("default", DEVICE), b'{"command": "reboot"}', qos=1).wait_for_publish(5)

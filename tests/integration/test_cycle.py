@@ -4,9 +4,12 @@ processes, in-process fleet ingest): data → train → publish → shop traffic
 
 import json
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,11 +26,19 @@ def manifest_of(bundle: Path) -> dict:
         return json.loads(fh.read())
 
 
-def test_cycle_once_closes_the_loop(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def first_cycle(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """One ``edgeship cycle --once`` on the defaults; its workdir also lends v1 to the abort test."""
+    work = tmp_path_factory.mktemp("cycle")
     proc = subprocess.run(
-        [sys.executable, "-m", "edgeship", "cycle", "--once", "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "edgeship", "cycle", "--once", "--workdir", str(work)],
         cwd=ROOT, capture_output=True, text=True, timeout=540,
     )  # fmt: skip
+    return proc, work
+
+
+def test_cycle_once_closes_the_loop(first_cycle: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, tmp_path = first_cycle
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr[-4000:]
     steps = re.findall(r"^\[cycle\] (\d [a-z]+):", out, re.M)
@@ -66,3 +77,67 @@ def test_cycle_once_closes_the_loop(tmp_path: Path) -> None:
             assert active["version"] == 2, active
     else:
         assert re.search(r"\[cycle\] 9 abort: v2 not promoted \(rolled_back\): \S", out), out
+
+
+def test_cycle_abort_rolls_the_canary_back_and_the_rest_never_get_the_new_version(
+    first_cycle: tuple[subprocess.CompletedProcess[str], Path], tmp_path: Path
+) -> None:
+    """The abort branch: a rule every retrained model breaks on the canary (``nwrmsle>0``). The cycle
+    prints the reason, the canary is rolled back to v1, the other shops never get v2 (their /healthz,
+    asked here while the fleet is still up, and their model stores), and the exit code is 0 (a clean
+    abort). v1 comes from the first cycle's workdir (keys and bundle), so only v2 is trained here."""
+    import httpx
+
+    from edgeship.cycle import FIRST_RECORD
+    from tests.conftest import wait_for
+
+    done, first = first_cycle
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    shutil.copytree(first / "keys", tmp_path / "keys")
+    (tmp_path / "out").mkdir()
+    for name in ("favorita-demand-v1.bundle.tar", FIRST_RECORD):
+        shutil.copy2(first / "out" / name, tmp_path / "out" / name)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeship", "cycle", "--workdir", str(tmp_path), "--abort-if", "nwrmsle>0"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        wait_for(lambda: any(line.startswith("[cycle] serving:") for line in lines) or proc.poll() is not None,
+                 "the cycle to abort and keep the fleet up", timeout=480)  # fmt: skip
+        out = "".join(lines)
+        assert proc.poll() is None, out
+        # the fleet is still up: ask every agent's /healthz ourselves
+        urls = dict(re.findall(r"^    (store-\d): (http://\S+)/healthz$", out, re.M))
+        assert sorted(urls) == ["store-1", "store-2", "store-3"], out
+        health = {d: httpx.get(f"{u}/healthz", timeout=10).json() for d, u in urls.items()}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        reader.join(10)
+    out = "".join(lines)
+    assert code == 0, out  # documented: 0 for a clean abort (every agent back on / still on v1)
+    assert re.search(r"^\[cycle\] 2 train: favorita-demand v1: .* \(reused favorita-demand-v1.bundle.tar", out, re.M), out
+    assert "[cycle] 9 promote" not in out
+    # the reason, printed: the canary's gate figure broke the rule
+    m = re.search(r"^\[cycle\] 9 abort: v2 not promoted \(rolled_back\): nwrmsle>0: (store-\d) reports nwrmsle=[0-9.]+$", out, re.M)
+    assert m, out
+    canary = m[1]
+    assert re.search(rf"{canary}: (assigned|gate_passed|active)", out), out  # it did get v2 first
+    assert re.search(rf"^    {canary}: rolled back, /healthz: v1$", out, re.M), out
+    rest = sorted(set(urls) - {canary})
+    for d in rest:
+        assert re.search(rf"^    {d}: never got v2 \(pending\), /healthz: v1$", out, re.M), out
+    for d, h in health.items():
+        assert h["model"]["version"] == 1, (d, h)
+    # the others never received v2 in their model stores
+    for d in rest:
+        assert sorted(p.name for p in (tmp_path / "agents" / d / "models").iterdir()) == ["1"], d
+    assert (tmp_path / "out" / "favorita-demand-v2.bundle.tar").exists()

@@ -39,10 +39,11 @@ def secure(tmp_path, monkeypatch):
                              cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
         assert out.returncode == 0, out.stderr
     shipped = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
-    mtls_port = free_port()
+    mtls_port, cloud_port = free_port(), free_port()
     config = (
         shipped.replace("/etc/mosquitto/edgeship", str(broker_dir))
         .replace("listener 8883", "listener {port} 127.0.0.1")
+        .replace("listener 8884 127.0.0.1", f"listener {cloud_port} 127.0.0.1")
         .replace("persistence true", "persistence false")
         .replace("\nuser mosquitto\n", "\n")  # the shipped broker runs as its own user (test_broker_persistence)
         + "\nlog_dest stderr\n"
@@ -57,6 +58,7 @@ def secure(tmp_path, monkeypatch):
     env = {name: dict(line.split("=", 1) for line in (creds / name / "edgeship.env").read_text().splitlines())
            for name in ("edgeship-cloud", "store-a", "store-b")}  # fmt: skip
     yield {"broker": broker, "url": f"mqtts://127.0.0.1:{broker.port}", "mtls_port": mtls_port, "env": env,
+           "cloud_url": f"mqtts://127.0.0.1:{cloud_port}",
            "ca": str(ca), "dir": broker_dir, "monkeypatch": monkeypatch}  # fmt: skip
     broker.stop()
 

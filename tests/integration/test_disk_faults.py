@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -163,9 +164,10 @@ def test_disk_full_before_download_waits_then_completes_without_restart(tmp_path
 
 def test_read_only_disk_events_sent_live_then_update_completes(tmp_path, mosquitto, bundles):
     paths, k = bundles
-    with tmpfs(tmp_path / "disk", "2m") as disk, tmpfs(disk / DEVICE / "ingest", "1m"):
-        # the sales ledger (edge.serving.ingest_routes) keeps its SQLite files open for writing, which
-        # makes the kernel refuse a read-only remount; the kernel's own errors=remount-ro would not ask
+    with tmpfs(tmp_path / "disk", "2m") as disk, tmpfs(disk / DEVICE / "ingest", "1m"), tmpfs(disk / DEVICE / "feedback", "1m"):
+        # the sales ledger (edge.serving.ingest_routes) and the feedback store keep their SQLite files
+        # open for writing, which makes the kernel refuse a read-only remount; the kernel's own
+        # errors=remount-ro would not ask
         agent, w, pub = _v1_then(tmp_path, mosquitto, bundles, disk)
         try:
             wait_for(lambda: agent.telemetry.spool.pending == 0, "v1's events delivered")
@@ -384,3 +386,126 @@ def test_rollout_controller_killed_mid_rollout_resumes_its_waves(tmp_path, mosqu
         for a in agents.values():
             a.stop()
         pub.close()
+
+
+def test_resumed_controller_judges_relative_rules_against_the_baseline_from_before_the_kill(tmp_path, mosquitto, bundles):
+    """A relative abort rule survives ``kill -9`` of the controller: the baseline (the canary's figures
+    before it was assigned) is saved with the rollout; the restarted controller compares the canary's
+    figures on the new version with it — not with what the canary reports after the update — and aborts."""
+    import json
+    import signal
+
+    from cloud.fleet.rollout import Rollout, status
+
+    paths, k = bundles
+    rule = "requests_http_invalid>2x"  # invalid requests on the canary more than doubled since before the rollout
+    pub = Publisher(mosquitto.url).connect()
+    tele = {"interval_s": 0.3, "fsync": False}
+    agents = {d: _agent(tmp_path / d, mosquitto.url, k, device_id=d, telemetry=tele) for d in ("store-a", "store-b")}
+    canary = agents["store-a"]
+    ctl = tmp_path / "ctl"
+
+    def invalid(n: int) -> None:
+        for _ in range(n):
+            r = httpx.post(f"{canary.http_url}/v1/predict", json={"instances": [{"store_nbr": "x"}]}, timeout=10)
+            assert r.status_code == 422, r.text
+
+    try:
+        ship(pub, paths[1], k.private, chunk_size=CHUNK)
+        for a in agents.values():
+            wait_for(lambda a=a: _serving(a, 1), "v1 everywhere", timeout=30)
+        invalid(2)  # the canary's figure before the rollout: 2 invalid requests
+        cmd = [sys.executable, "-m", "edgeship", "rollout", "start", str(paths[2]), "--broker", mosquitto.url,
+               "--key", str(k.key_path), "--state-dir", str(ctl), "--canary", "1", "--soak", "600",
+               "--discover", "1", "--gate-timeout", "60", "--abort-if", rule]  # fmt: skip
+        with open(tmp_path / "ctl.log", "wb") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
+        try:
+            saved = wait_for(
+                lambda: (s := status(ctl)) and s["devices"].get("store-a", {}).get("status") == "active"
+                and s.get("baselines", {}).get("store-a", {}).get("requests_http_invalid") == 2 and s,
+                "the canary active and its baseline saved (the controller now soaks)", timeout=60,
+            )  # fmt: skip
+            assert saved["phase"] == "running"  # 2 invalid requests on v2 too: not more than 2x the baseline
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        wait_for(lambda: not status(ctl)["controller_alive"], "the dead controller's heartbeat to go stale", timeout=30)
+        assert _serving(canary, 2) and _serving(agents["store-b"], 1)
+        invalid(4)  # on v2, with no controller watching: 6 invalid requests, 3x the baseline
+        result = Rollout(paths[2], mosquitto.url, key=k.key_path, state_dir=ctl, canary=1, discover_s=1.0,
+                         gate_timeout=60, soak=10, abort_if=[rule]).run()  # fmt: skip
+        assert result["phase"] == "rolled_back", json.dumps(result, indent=1)[-3000:]
+        assert result["id"] == saved["id"] and any("resuming rollout" in line for line in result["log"])
+        assert result["reason"] == f"{rule}: store-a reports requests_http_invalid=6", result["reason"]
+        assert result["baselines"]["store-a"]["requests_http_invalid"] == 2
+        wait_for(lambda: _serving(canary, 1), "the canary rolled back to v1", timeout=30)
+        assert _health(canary)["model"]["version"] == 1
+        assert result["devices"]["store-b"]["status"] == "pending" and _health(agents["store-b"])["model"]["version"] == 1
+    finally:
+        for a in agents.values():
+            a.stop()
+        pub.close()
+
+
+def test_restart_with_the_disk_unwritable_reports_the_lost_messages_after_the_restart(tmp_path, mosquitto, bundles, caplog):
+    """The shop is offline and the SD card read-only: telemetry piles up in memory (visible on /healthz
+    and /metrics), then the agent restarts. The shutdown logs the loss and leaves a marker on another
+    file system (here a plain folder standing in for /run); the restarted agent never reuses the lost
+    sequence numbers and, once its spool takes messages again, sends a ``telemetry_lost`` event with the count."""
+    import json
+    import logging
+
+    from edge.monitoring.telemetry import LOST_EVENT, loss_marker_path
+
+    run = tmp_path / "run"
+    run.mkdir()
+    tele = {"interval_s": 0.3, "fsync": False, "loss_marker_dir": str(run)}
+    # the sales ledger and the feedback store keep SQLite files open for writing (a read-only remount
+    # would be refused): they live on their own small disks, as in the read-only test above
+    with tmpfs(tmp_path / "disk", "2m") as disk, tmpfs(disk / DEVICE / "ingest", "1m"), tmpfs(disk / DEVICE / "feedback", "1m"):
+        agent, w, pub = _v1_then(tmp_path, mosquitto, bundles, disk, telemetry=tele)
+        marker = loss_marker_path(disk / DEVICE / "telemetry", run)
+        stopped = False
+        try:
+            wait_for(lambda: agent.telemetry.spool.pending == 0, "v1's events delivered")
+            seen_before = {e["seq"] for e in w.of(DEVICE)}
+            # telemetry appends open and close a spool file every 0.3 s: retry when one is open right then
+            wait_for(lambda: _run("mount", "-o", "remount,ro", str(disk)).returncode == 0, "a read-only remount")
+            mosquitto.stop()  # and the shop's line is down: nothing can go out live either
+            wait_for(lambda: agent.telemetry.spool.memory_only >= 3, "telemetry held in memory")
+            health = _health(agent)
+            assert health["disk"]["state"] == "disk_readonly" and health["disk"]["telemetry_in_memory"] >= 3
+            metrics = httpx.get(f"{agent.http_url}/metrics", timeout=5).text
+            assert re.search(r"^edgeship_telemetry_in_memory [1-9]", metrics, re.M), metrics[-2000:]
+            with caplog.at_level(logging.ERROR, logger="edge.monitoring.telemetry"):
+                agent.stop()
+                stopped = True
+            lost = json.loads(marker.read_text())
+            assert lost["count"] >= 3 and lost["reason"] == "disk_readonly" and lost["last_seq"] - lost["first_seq"] + 1 == lost["count"]
+            assert f"{lost['count']} telemetry/event messages held in memory are lost" in caplog.text
+            assert not seen_before & set(range(lost["first_seq"], lost["last_seq"] + 1))
+        finally:
+            if not stopped:
+                agent.stop()
+            w.close()
+            pub.close()
+        remount(disk, "rw")  # the card is back (after a reboot of the card reader, a fsck …)
+        mosquitto.start()
+        w = Watcher(mosquitto.url)
+        paths, k = bundles
+        again = _agent(disk / DEVICE, mosquitto.url, k, telemetry=tele)
+        try:
+            event = w.wait(DEVICE, LOST_EVENT, timeout=30)
+            assert event["detail"]["count"] == lost["count"] and event["detail"]["reason"] == "disk_readonly"
+            assert (event["detail"]["first_seq"], event["detail"]["last_seq"]) == (lost["first_seq"], lost["last_seq"])
+            assert min(e["seq"] for e in w.of(DEVICE)) >= lost["next_seq"]  # no lost number used again
+            assert again.telemetry.metrics.lost_at_restart._value.get() == lost["count"]
+            wait_for(lambda: not marker.exists(), "the loss marker removed once reported")
+            assert len(w.of(DEVICE, LOST_EVENT)) == 1
+        finally:
+            again.stop()
+            w.close()

@@ -5,6 +5,8 @@ collect`, a separate process), then `edgeship feedback report`."""
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
 import importlib.util
 import json
 import os
@@ -142,3 +144,133 @@ def test_served_page_loads_nothing_from_outside(tmp_path, keys):
         outside = [r for r in refs if re.match(r"(https?:)?//", r) and not re.match(r"(https?:)?//(127\.0\.0\.1|localhost)", r)]
         assert not outside, outside
         assert "fonts.googleapis" not in html + css and "fonts.gstatic" not in html + css
+
+
+@pytest.mark.parametrize("mode", ["shadow", "ab"])
+def test_candidate_forecast_beside_the_live_one_and_the_arm_that_answered(tmp_path, keys, mode):
+    """v1 live, v2 (other weights) as candidate: the page shows both forecasts with their models and
+    marks the arm that answered; "Answered by" and the feedback record name that arm's model."""
+    from gradio_client import Client
+
+    with agent_and_app(tmp_path, keys, candidate={"mode": mode, "share": 1.0}) as (agent, url):
+        row = {"date": ROW[0], "store_nbr": 1, "item_nbr": 103520, "onpromotion": True}
+        live = httpx.post(agent.http_url + "/v1/predict:live", json={"instances": [row]}).json()
+        cand = httpx.post(agent.http_url + "/v1/predict:candidate", json={"instances": [row]}).json()
+        assert (live["model"]["version"], cand["model"]["version"], cand["mode"]) == (1, 2, mode)
+        assert abs(live["predictions"][0] - cand["predictions"][0]) > 0.01  # two different models
+        answered = cand if mode == "ab" else live  # A/B with share 1.0: every row goes to the candidate
+
+        forecast_md, side, model_md = Client(url, verbose=False).predict(*ROW, api_name="/predict")[:3]
+        assert f"{answered['predictions'][0]:.2f} units" in forecast_md
+        assert f"v{answered['model']['version']}" in model_md and answered["model"]["digest"][:12] in model_md
+        lines = {ln.split("|")[1].strip(): ln for ln in side.splitlines() if ln.startswith("| **")}
+        live_line = next(v for k, v in lines.items() if k.startswith("**live**"))
+        cand_line = next(v for k, v in lines.items() if k.startswith("**candidate**"))
+        assert f"{live['predictions'][0]:.2f} units" in live_line and "v1" in live_line and live["model"]["digest"][:12] in live_line
+        assert f"{cand['predictions'][0]:.2f} units" in cand_line and "v2" in cand_line and f"{mode}, 100% of traffic" in cand_line
+        assert ("← answered" in cand_line) == (mode == "ab") and ("← answered" in live_line) == (mode == "shadow")
+
+        msg = Client(url, verbose=False).predict(*ROW, "right", None, "", "ana", api_name="/feedback")
+        assert "stored on the device" in msg
+        assert device_feedback(agent)[-1]["model"]["version"] == answered["model"]["version"]
+
+
+def test_no_candidate_no_side_by_side(tmp_path, keys):
+    from gradio_client import Client
+
+    with agent_and_app(tmp_path, keys) as (agent, url):
+        r = httpx.post(agent.http_url + "/v1/predict:candidate", json={"instances": [{"date": ROW[0], "store_nbr": 1, "item_nbr": 103520}]})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "no_candidate"
+        assert Client(url, verbose=False).predict(*ROW, api_name="/predict")[1] == ""
+
+
+def test_plot_batch_csv_and_contract_names(tmp_path, keys):
+    """The sales plot carries every forecast day after the lag state; the explanation names the
+    contract's features; the CSV tab answers per row (errors naming the field) and offers the file."""
+    from gradio_client import Client, handle_file
+
+    from models.contract import CAT_FEATURES, NUM_FEATURES
+
+    with agent_and_app(tmp_path, keys) as (agent, url):
+        client = Client(url, verbose=False)
+        end = httpx.get(agent.http_url + "/v1/history", params={"store_nbr": 1, "item_nbr": 103520}).json()["end_date"]
+        assert end == "2017-08-15"
+        out = client.predict("2017-08-19", "1", "103520", False, api_name="/predict")
+        plot = out[3]
+        series = {}
+        for ts, units, name in plot["data"]:
+            series.setdefault(name, []).append((dt.datetime.fromtimestamp(ts / 1000, dt.timezone.utc).date().isoformat(), units))
+        assert len(series["actual sales (lag state)"]) == 28 and series["actual sales (lag state)"][-1][0] == end
+        days = [d for d, _ in series["forecast"]]
+        assert days == [end, "2017-08-16", "2017-08-17", "2017-08-18", "2017-08-19"]  # joined to the last actual
+        rows = [{"date": d, "store_nbr": 1, "item_nbr": 103520, "onpromotion": False} for d in days[1:]]
+        direct = httpx.post(agent.http_url + "/v1/predict", json={"instances": rows}).json()["predictions"]
+        assert [u for _, u in series["forecast"][1:]] == pytest.approx(direct, abs=1e-6)
+        assert f"{direct[-1]:.2f} units" in out[0]
+
+        bars, _ = client.predict("2017-08-19", "1", "103520", False, api_name="/explain")
+        assert sorted(f for f, _ in bars["data"]) == sorted((*CAT_FEATURES, *NUM_FEATURES))
+
+        csv_in = tmp_path / "rows.csv"
+        csv_in.write_text("date,store_nbr,item_nbr,onpromotion\n2017-08-17,1,103520,1\n2017-08-17,99,103520,0\n"
+                          "17/08/2017,1,105574,0\n2017-08-18,1,105574,no\n")  # fmt: skip
+        table, download, summary = client.predict(handle_file(str(csv_in)), api_name="/predict_batch")
+        assert summary == "2 rows forecast, 2 with errors"
+        got = {tuple(r[:3]): r for r in table["data"]}
+        assert got[("2017-08-17", 1, 103520)][4] > 0 and got[("2017-08-17", 1, 103520)][5] == ""
+        assert got[("2017-08-17", 99, 103520)][4] is None
+        assert got[("2017-08-17", 99, 103520)][5] == "store_nbr: unknown store 99 (rule known_store)"
+        assert got[("17/08/2017", 1, 105574)][5].startswith("date: ") and "YYYY-MM-DD" in got[("17/08/2017", 1, 105574)][5]
+        assert got[("2017-08-18", 1, 105574)][4] > 0
+        with open(download, newline="") as fh:
+            saved = list(csv.DictReader(fh))
+        assert [r["error"] for r in saved] == [r[5] for r in table["data"]]
+        assert saved[0]["prediction"] and not saved[1]["prediction"]
+        _, _, msg = client.predict(None, api_name="/predict_batch")
+        assert "file: upload a CSV" in msg
+
+
+def test_agent_down_and_agent_without_a_model_are_said_on_screen(tmp_path, keys):
+    from gradio_client import Client
+
+    from edge.agent import Agent
+    from edge.config import AgentConfig
+    from edge.validate_app.app import launch
+    from tests.conftest import free_port
+
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    bare = Agent(AgentConfig(device_id="store-9", state_dir=tmp_path / "bare", trust=[keys[2]], http="127.0.0.1:0")).start()
+    apps = []
+    try:
+        for agent_url in (down, bare.http_url):
+            apps.append(launch(agent_url, port=0)[0])
+        (down_app, bare_app) = (Client(f"http://127.0.0.1:{a.server_port}/", verbose=False) for a in apps)
+
+        forecast, _, _, _, e_date, e_store, e_item = down_app.predict(*ROW, api_name="/predict")[:7]
+        assert "is not reachable" in forecast and down in forecast and (e_date, e_store, e_item) == ("", "", "")
+        _, text = down_app.predict(*ROW, api_name="/explain")
+        assert "is not reachable" in text
+        assert "is not reachable" in down_app.predict(*ROW, "wrong", 3, "", "ana", api_name="/feedback")
+
+        forecast = bare_app.predict(*ROW, api_name="/predict")[0]
+        assert "has no model yet" in forecast
+        _, text = bare_app.predict(*ROW, api_name="/explain")
+        assert "has no model yet" in text
+        assert "has no model yet" in bare_app.predict(*ROW, "wrong", 3, "", "ana", api_name="/feedback")
+    finally:
+        for a in apps:
+            a.close()
+        bare.stop()
+
+
+def test_basic_auth_keeps_the_page_and_the_api_closed(tmp_path, keys):
+    from gradio_client import Client
+
+    with agent_and_app(tmp_path, keys, auth=[("staff", "s3cret")]) as (_agent, url):
+        assert httpx.get(url + "config").status_code in (401, 403)
+        with pytest.raises(Exception):  # noqa: B017  (gradio_client raises its own errors for a closed app)
+            Client(url, verbose=False)
+        with pytest.raises(Exception):  # noqa: B017
+            Client(url, auth=("staff", "wrong"), verbose=False)
+        client = Client(url, auth=("staff", "s3cret"), verbose=False)
+        assert "units" in client.predict(*ROW, api_name="/predict")[0]

@@ -1,7 +1,10 @@
 """The validation app in a real browser: Debian's headless Chromium driven by Selenium (chromium-driver;
 nothing downloads a browser). Open the app, pick a product, forecast, open the explanation, send
 feedback, check the record reached the device's SQLite store, check the browser fetched nothing
-but the app and the agent on loopback, and save a screenshot (``$EDGESHIP_SCREENSHOT`` or tmp)."""
+but the app and the agent on loopback, and save a screenshot (``$EDGESHIP_SCREENSHOT`` or tmp; the
+README's is ``EDGESHIP_SCREENSHOT=docs/validate_app.png``). A v2 runs as shadow candidate, so the
+page shows both forecasts side by side; the day asked is three days after the lag state, so the plot
+shows three forecast days."""
 
 from __future__ import annotations
 
@@ -62,9 +65,14 @@ def test_staff_validate_a_forecast_in_chromium(tmp_path, keys, browser):
     from selenium.webdriver.common.keys import Keys
 
     d = browser
-    with agent_and_app(tmp_path, keys) as (agent, url):
+    with agent_and_app(tmp_path, keys, candidate={"mode": "shadow"}) as (agent, url):
         d.get(url)
         wait_for(lambda: "Live model" in _text(d, "status"), "the catalogue from the agent", 60)
+        assert "Candidate (shadow)" in _text(d, "status")
+        day = d.find_element(By.CSS_SELECTOR, "#date textarea, #date input")
+        wait_for(lambda: day.get_attribute("value") == "2017-08-16", "the first forecast day in the form", 30)
+        day.send_keys(Keys.CONTROL, "a")
+        day.send_keys("2017-08-18")
 
         # pick a product by name (family / class shown), not by number
         box = d.find_element(By.CSS_SELECTOR, "#item input")
@@ -79,6 +87,9 @@ def test_staff_validate_a_forecast_in_chromium(tmp_path, keys, browser):
         wait_for(lambda: "units" in _text(d, "forecast"), "the forecast", 60)
         assert "105574" in _text(d, "forecast")
         assert "tflite-fp32" in _text(d, "model") and "v1" in _text(d, "model")
+        assert "2017-08-18" in _text(d, "forecast")
+        side = _text(d, "candidate")  # live and candidate side by side, the live one answered (shadow)
+        assert "live ← answered" in side and "candidate (shadow, 100% of traffic)" in side and "v2" in side
 
         # the explanation panel
         toggle = d.find_element(By.XPATH, "//*[@id='explain-panel']//button[contains(., 'Why this forecast?')]")

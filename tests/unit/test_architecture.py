@@ -112,3 +112,42 @@ def test_the_declared_exception_is_allowed(tmp_path) -> None:
     path.parent.mkdir(parents=True)
     path.write_text("from edge.runtimes import get_runtime\n")
     assert violations([path], root=tmp_path) == []
+
+
+_METRIC_TYPES = {"Counter", "Gauge", "Histogram", "Summary", "Info", "Enum", "GaugeMetricFamily", "CounterMetricFamily"}
+
+
+def metric_definitions(path: Path) -> list[int]:
+    """Lines of ``path`` that create a Prometheus metric (a prometheus_client type called)."""
+    tree = ast.parse(path.read_text())
+    imported = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prometheus_client")
+        for alias in node.names
+        if alias.name in _METRIC_TYPES
+    }
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in imported
+    ]
+
+
+def test_every_agent_metric_is_defined_in_the_metrics_module() -> None:
+    """One module per process kind owns every metric's name, help and labels (issue 8)."""
+    owner = ROOT / "edge" / "monitoring" / "metrics.py"
+    stray = [
+        f"{p.relative_to(ROOT)}:{line}"
+        for p in sorted((ROOT / "edge").rglob("*.py"))
+        if p != owner
+        for line in metric_definitions(p)
+    ]
+    assert not stray, "define agent metrics in edge/monitoring/metrics.py, not in:\n" + "\n".join(stray)
+    assert metric_definitions(owner)  # the check sees definitions where they are
+
+
+def test_the_metric_check_catches_a_stray_definition(tmp_path) -> None:
+    path = tmp_path / "x.py"
+    path.write_text("from prometheus_client import Counter\nC = Counter('edgeship_x', 'x')\n")
+    assert metric_definitions(path) == [2]

@@ -186,3 +186,26 @@ def test_cli_requires_a_key_to_publish_and_reports_bad_input(tmp_path):
     out = run("keys", "revoke", "0123456789abcdef", "--root", str(tmp_path / "k" / "root.key"),
               "--keylist", str(tmp_path / "k" / "keylist.json"))  # fmt: skip
     assert out.returncode == 0 and "v2 revoked ['0123456789abcdef']" in out.stdout, out.stderr
+
+
+def test_baselines_are_saved_with_the_rollout_and_win_over_figures_heard_after_a_restart(tmp_path):
+    """Relative rules after a controller restart compare with the figures from before the rollout."""
+    k = keypair(tmp_path / "k")
+    bundle, _ = build_bundle(tmp_path / "favorita-demand-v2.bundle.tar", k.private, version=2)
+    first = Rollout(bundle, "mqtt://127.0.0.1:1", key=k.key_path, state_dir=tmp_path / "s", abort_if=["latency_p99_ms>1.5x"])
+    first.state = {"id": "r1", "phase": "running", "devices": {d: {"status": "pending", "previous": None} for d in ("a", "b")}}
+    first._on_device("a", "telemetry", {"data": {"latency_p99_ms": 20.0}})
+    first._on_device("b", "telemetry", {"data": {"latency_p99_ms": 10.0}})
+    first._on_device("x", "telemetry", {"data": {"latency_p99_ms": 99.0}})  # not in this rollout: not saved
+    first._set("a", "active")
+    first._write()
+    saved = json.loads((tmp_path / "s" / "rollout.json").read_text())
+    assert saved["baselines"] == {"a": {"latency_p99_ms": 20.0}, "b": {"latency_p99_ms": 10.0}}
+
+    again = Rollout(bundle, "mqtt://127.0.0.1:1", key=k.key_path, state_dir=tmp_path / "s", abort_if=["latency_p99_ms>1.5x"])
+    again._on_device("a", "telemetry", {"data": {"latency_p99_ms": 35.0}})  # heard while discovering: already on v2
+    again._on_device("b", "telemetry", {"data": {"latency_p99_ms": 12.0}})  # still pending: a fresher baseline is fine
+    again._restore(saved)
+    assert again.baseline["a"] == {"latency_p99_ms": 20.0} and again.baseline["b"] == {"latency_p99_ms": 12.0}
+    again._on_device("a", "telemetry", {"data": {"latency_p99_ms": 35.0}})
+    assert again._breach(["a"]) == "latency_p99_ms>1.5x: a reports latency_p99_ms=35"

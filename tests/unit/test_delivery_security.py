@@ -22,7 +22,7 @@ from models import topics
 from models.envelope import Signed, sign_document
 from models.keys import KeyListError
 from models.targets import TargetsError, announcement_of, verify_targets
-from tests.delivery_kit import Watcher, assign, keypair, past, ship, start_agent, wait_for
+from tests.delivery_kit import Watcher, assign, keypair, past, ship, signed_announcement, start_agent, wait_for
 
 MODEL = "favorita-demand"
 
@@ -131,15 +131,21 @@ def test_freeze_expired_metadata_is_refused_and_reported_and_replays_are_ignored
         refused = watch.wait("store-1", "refused", reason="expired")
         assert refused["detail"]["version"] == 2 and "expired at" in refused["detail"]["message"]
         assert agent.device_state().last_update.reason == "expired" and _version(agent) is None
+        # a signed rollback command to v2 captured now (an attacker keeps it for later) ...
+        captured, _ = signed_announcement(kit["bundles"][2], key, devices=["store-1"], downgrade=True, now=past(30))
         # fresh metadata for the same bundle is accepted (the refusal was about the metadata)
         newer = ship(pub, kit["bundles"][3], key)
         wait_for(lambda: _version(agent) == 3, "v3 active")
-        # a replayed older-issued (still valid) target for v2 is ignored, not acted on
-        t_old, env_old = sign_targets(key, bundle=b2, expires_in=3600, now=past(30))
-        assert t_old.issued_at < dt.datetime.fromisoformat(newer.targets.signed["issued_at"])
-        pub.announce(announcement_of(t_old, env_old))
+        # ... replayed after v3 (issued later) was acted on: ignored, not acted on. Only the replay
+        # check stops it: the command itself is validly signed, current and names this device.
+        assert captured.targets is not None
+        assert dt.datetime.fromisoformat(captured.targets.signed["issued_at"]) < dt.datetime.fromisoformat(
+            newer.targets.signed["issued_at"])
+        pub.put_chunks(b2)
+        pub.assign("store-1", captured)
+        pub.flush()
         with pytest.raises(AssertionError):
-            watch.wait("store-1", "downloading", timeout=1.0, version=2)
+            watch.wait("store-1", "downloading", timeout=2.0, version=2)
         assert _version(agent) == 3
     finally:
         agent.stop()
@@ -170,10 +176,33 @@ def test_endless_data_more_bytes_than_declared_abort_the_transfer(tmp_path, kit,
         pub.flush()
         failed = watch.wait("store-1", "failed", reason="endless_data")
         assert failed["detail"]["version"] == 2 and _version(agent) is None
+        assert "more than the declared" in failed["detail"]["message"]
         # the honest chunk arrives later: the transfer resumes (after its back-off) and completes
         pub.put_chunks(b, [0])
         wait_for(lambda: _version(agent) == 2, "v2 active after the honest chunk", timeout=20)
         assert ann.size == len(b.data)
+    finally:
+        agent.stop()
+
+
+def test_endless_data_a_stream_of_junk_chunks_of_the_declared_size_hits_the_byte_budget(tmp_path, kit, mosquitto, cloud):
+    """Each junk chunk has the declared length (no ``too_large``) and a wrong hash: only the byte
+    budget (2 x the bundle + a few windows) ends the transfer."""
+    pub, watch = cloud
+    key = kit["trusted"].private
+    agent = start_agent(tmp_path, mosquitto.url, trust=[kit["trusted"].pub_path], chunk_timeout_s=30)
+    try:
+        b = read_bundle(kit["bundles"][2], 4096)
+        ship(pub, kit["bundles"][2], key, chunks=False)
+        watch.wait("store-1", "downloading", version=2)
+        junk = b"\0" * 4096
+        topic = topics.bundle_chunk("default", b.bundle_id, 0)
+        budget = 2 * len(b.data) + 4 * 8 * 4096
+        for _ in range(budget // 4096 + 8):
+            pub.send(topic, junk, retain=False)
+        pub.flush()
+        failed = watch.wait("store-1", "failed", reason="endless_data", timeout=30)
+        assert "bytes offered" in failed["detail"]["message"] and _version(agent) is None
     finally:
         agent.stop()
 

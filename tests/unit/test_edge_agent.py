@@ -155,6 +155,17 @@ def test_install_and_activate_directly(tmp_path, keys, bundles):
         assert bundles[2].exists()  # a caller's file outside downloads/ is left alone
 
 
+def test_a_bundle_superseded_while_installing_is_not_activated(tmp_path, keys, bundles):
+    """A rollout's rollback command can arrive while the device gates the new version: the device
+    then keeps serving what it ran (edge.delivery.updater.Delivery.superseded answers still_wanted)."""
+    with Agent(config(tmp_path, keys[2])) as agent:
+        assert agent.install_and_activate(bundles[1])
+        assert not agent.install_and_activate(bundles[2], still_wanted=lambda: False)
+        assert agent.predictor.version == 1 and agent.device_state().last_update.reason == "superseded"
+        assert agent.store.versions() == [1]
+        assert agent.install_and_activate(bundles[3], still_wanted=lambda: True)
+
+
 # -- over MQTT ----------------------------------------------------------------------------------
 class Fleet:
     """The cloud side as the test drives it: plain paho publishing, and a watcher of the device."""

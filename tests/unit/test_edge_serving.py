@@ -178,7 +178,8 @@ def test_sales_over_http_move_the_horizon_and_survive_a_restart(tmp_path, keys, 
         assert ok.status_code == 200
         bad = httpx.post(f"{agent.http_url}/v1/sales", json={"sales": [{**report["sales"][0], "store_nbr": 999}]})
         assert bad.status_code == 422 and bad.json()["error"]["details"][0]["field"] == "sales[0].store_nbr"
-        assert httpx.post(f"{agent.http_url}/v1/sales", content=b"nope").status_code == 400
+        assert httpx.post(f"{agent.http_url}/v1/sales", content=b"nope", headers={"Content-Type": "application/json"}).status_code == 400
+        assert httpx.post(f"{agent.http_url}/v1/sales", content=b"nope").status_code == 415  # JSON bodies only (issue 7)
         assert metric(agent, "edgeship_sales_reports_total", {"transport": "http", "outcome": "ok"}) == 1
         assert metric(agent, "edgeship_lag_state_end_timestamp_seconds") == float(
             np.datetime64(day(2), "s").astype(np.int64)

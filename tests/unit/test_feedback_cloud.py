@@ -44,6 +44,7 @@ def test_training_rows_latest_wins_and_train_csv_wins(tmp_path):
                           "unit_sales": [3.0], "onpromotion": [False]})  # fmt: skip
     merged, info = merge_feedback(train, tmp_path)
     assert info["rows_added"] == 1 and info["dropped_duplicates"] == 1 and info["with_actuals"] == 3
+    assert info["superseded"] == 1 and info["dropped_unknown"] == 0
     assert info["sha256"] == s.content_hash()
     assert merged["unit_sales"].tolist() == [3.0, 9.0] and merged.dtypes.equals(train.dtypes)
 
@@ -53,3 +54,17 @@ def test_report_per_site_and_version():
     (g,) = rows
     assert (g["count"], g["agreement"], g["with_actuals"]) == (3, round(1 / 3, 4), 2)
     assert g["worst_items"][0]["item_nbr"] == 103520 and g["nwrmsle"] > 0
+
+
+def test_training_rows_drop_unknown_stores_and_items(tmp_path):
+    s = FeedbackSet(tmp_path)
+    s.add(rec(1, "2017-08-16", 103520, 7))
+    s.add(rec(2, "2017-08-16", 999, 5))  # not in items.csv
+    other = rec(3, "2017-08-16", 103520, 2).model_copy(update={"request": rec(3, "2017-08-16", 103520, 2).request.model_copy(update={"store_nbr": 54})})
+    s.add(other)  # a store the training data has no rows for (--stores left it out)
+    train = pd.DataFrame({"date": pd.to_datetime(["2017-08-15"]), "store_nbr": [1], "item_nbr": [103520],
+                          "unit_sales": [3.0], "onpromotion": [False]})  # fmt: skip
+    items = pd.DataFrame({"item_nbr": [103520, 105574]})
+    merged, info = merge_feedback(train, tmp_path, items=items)
+    assert info["dropped_unknown"] == 2 and info["rows_added"] == 1
+    assert merged[["store_nbr", "item_nbr"]].values.tolist() == [[1, 103520], [1, 103520]]
