@@ -54,7 +54,7 @@ def rf_features(prep: Prepared, split: Split) -> np.ndarray:
 
 
 def random_forest(
-    prep: Prepared, *, n_estimators: int, seed: int, max_rows: int = 500_000, caps: Caps | None = None, threads: int = 2
+    prep: Prepared, *, n_estimators: int, seed: int, max_rows: int = 2_000_000, caps: Caps | None = None, threads: int = 2
 ) -> np.ndarray:
     """Fit the workshop's random forest on the training split (at most ``max_rows`` rows, a random
     sample); predict units on the validation split."""
