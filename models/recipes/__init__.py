@@ -53,7 +53,8 @@ class Training(_Strict):
         description="Row budget per epoch (scale cap): when the training split is larger, every epoch trains on "
         "a fresh random sample of this many rows (pairs x days), so the cosine schedule, the steps and the time "
         "are bounded; null trains on every row every epoch. Default 2,000,000 (6 stores x 60 items has ~130 K "
-        "rows: not capped; 54 x 500 x 3 years has ~8.5 M).",
+        "rows: not capped; 54 x 500 x 3 years has ~8.4 M and scores NWRMSLE 0.6256 at 2 M rows per epoch, "
+        "0.6258 at 4 M for twice the time).",
     )
 
 
@@ -76,7 +77,8 @@ class Baselines(_Strict):
         default=1_000_000,
         gt=0,
         description="Scale cap: LightGBM chooses its rounds and is refitted on a random sample (pairs x days) "
-        "of this many training rows when the split is larger. Default 1,000,000.",
+        "of this many training rows when the split is larger. Default 1,000,000 (at 54 x 500 x 3 years: "
+        "NWRMSLE 0.6297, ~70 s CPU; 3,000,000 rows: 0.6284 for 2.3x the time).",
     )
     lightgbm_max_rounds: int = Field(default=600, gt=0, description="Most boosting rounds (early stopping picks fewer).")
     lightgbm_threads: int = Field(default=2, gt=0, description="LightGBM num_threads (the target machine has 2 cores).")
