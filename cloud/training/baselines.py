@@ -104,7 +104,12 @@ def lightgbm(
     train = prep.train
     pick = (caps or Caps()).sample("baseline-lightgbm", len(train), limit=max_rows, seed=seed)
     rows = slice(None) if pick is None else pick
-    x, y, day, perishable = _lgb_x(Encoded(train.x.cat[rows], train.x.num[rows])), train.y[rows], train.day[rows], train.perishable[rows]
+    x, y, day, perishable = (
+        _lgb_x(Encoded(train.x.cat[rows], train.x.num[rows])),
+        train.y[rows],
+        train.day[rows],
+        train.perishable[rows],
+    )
     last = day.max()
     inner = day <= last - 14
     params = {

@@ -4,7 +4,6 @@ alone, and is recorded (cloud.training.caps; the pipeline writes the records to 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from cloud.data import loader as favorita
@@ -56,7 +55,9 @@ def test_random_forest_fits_on_at_most_rf_max_rows(prep: Prepared, monkeypatch: 
 
     seen: list[int] = []
     real = RandomForestRegressor.fit
-    monkeypatch.setattr(RandomForestRegressor, "fit", lambda self, x, y, *a, **k: (seen.append(len(x)), real(self, x, y, *a, **k))[1])
+    monkeypatch.setattr(
+        RandomForestRegressor, "fit", lambda self, x, y, *a, **k: (seen.append(len(x)), real(self, x, y, *a, **k))[1]
+    )
     caps = Caps()
     pred = baselines.random_forest(prep, n_estimators=2, seed=1, max_rows=100, caps=caps)
     assert seen == [100] and len(pred) == len(prep.valid)
