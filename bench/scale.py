@@ -188,6 +188,10 @@ def run(work: Path, stores: int = 54, items: int = 50, days: int = 1095, loader_
                   "| step | wall s |", "|---|---:|"]  # fmt: skip
         lines += [f"| {k.removesuffix('_seconds')} | {v:.0f} |" for k, v in report["timings"].items()]
         lines.append("")
+    if report.get("metrics"):
+        order = ["keras", "tflite-int8", "baseline-lightgbm", "baseline-mean14", "baseline-ma-dow", "baseline-rf"]
+        got = [f"{k} {report['metrics'][k]['nwrmsle']:.4f}" for k in order if k in report["metrics"]]
+        lines += ["NWRMSLE on the validation split at this size: " + ", ".join(got) + ".", ""]
     if report.get("caps"):
         lines += ["Scale caps that applied (recipe fields, `report.json` `caps`):", "",
                   "| cap | limit | rows available | rows used | applied |", "|---|---:|---:|---:|---|"]  # fmt: skip
