@@ -385,13 +385,16 @@ class Publisher:
             rc, unmid = self.client.unsubscribe(topic)
             if rc == mqtt.MQTT_ERR_SUCCESS:
                 self._subacks[unmid] = done
-        if rc == mqtt.MQTT_ERR_SUCCESS:
-            done.wait(max(wait, 5.0))
+        answered = rc == mqtt.MQTT_ERR_SUCCESS and done.wait(max(wait, 10.0))
         with self._lock:
             self._subacks.pop(mid, None)
             if rc == mqtt.MQTT_ERR_SUCCESS:
                 self._subacks.pop(unmid, None)
-            return self._retained.pop(topic, None) or None
+            value = self._retained.pop(topic, None) or None
+        if value is None and not answered:
+            # fail closed: "no retained message" must be the broker's answer, never a slow round trip
+            raise PublishError(f"the broker did not confirm the read of {topic} in time; nothing was sent")
+        return value
 
     # -- sending ----------------------------------------------------------------------------
     def send(self, topic: str, payload: bytes | str, *, retain: bool = True) -> None:
