@@ -51,6 +51,7 @@ from edge.serving.pipeline import Serving
 from edge.serving.priority import serving_first
 from edge.serving.slot import ModelSlot
 from edge.store.model_store import ModelStore
+from edge.store.policy import update_verdict
 from edge.monitoring.telemetry import Telemetry
 from edge.monitoring.telemetry import for_agent as telemetry_for_agent
 from edge.delivery.transfer import Transfer
@@ -443,13 +444,11 @@ class Agent:
         if self.config.model is not None and ann.model != self.config.model:
             return "other_model"
         current = self.predictor
-        if current is not None:
-            if ann.model != current.name:
-                return f"model {current.name} is active"
-            if ann.sha256 == current.digest:
-                return "same_digest"
-            if ann.version <= current.version:
-                return "not_newer"
+        if current is not None and ann.model != current.name:
+            return f"model {current.name} is active"
+        verdict = update_verdict(current, ann.model, ann.version, ann.sha256)  # the one rule (edge.store.policy)
+        if verdict is not None:
+            return verdict.reason
         if ann.sha256 in self._refused:
             return f"refused_before ({self._refused[ann.sha256]})"
         if self.history.is_rolled_back(ann.sha256):
@@ -546,12 +545,10 @@ class Agent:
             raise BundleError(
                 "announcement_mismatch", f"bundle is {m.name} v{m.version}, announced {ann.model} v{ann.version}"
             )
-        current = self.predictor
-        if current is not None and current.name == m.name and not allow_downgrade:
-            if bundle.digest == current.digest:
-                raise BundleError("already_active", f"{m.name} v{m.version} is already active")
-            if m.version <= current.version:
-                raise BundleError("rollback", f"v{m.version} is not newer than the active v{current.version}")
+        # a verified signed rollback (allow_downgrade) may install any version, the active bytes included
+        verdict = None if allow_downgrade else update_verdict(self.predictor, m.name, m.version, bundle.digest)
+        if verdict is not None:
+            raise BundleError(verdict.reason, verdict.message)
 
     # -- update reporting -------------------------------------------------------------------
     def _step(

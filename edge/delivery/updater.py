@@ -74,6 +74,7 @@ from models.fsutil import atomic_write_bytes
 from edge.monitoring.metrics import AgentMetrics
 from edge.delivery.transfer import ChunkError, Transfer
 from edge.delivery.trust import TrustStore
+from edge.store.policy import update_verdict
 from models import topics
 from models.envelope import Signed
 from models.keys import KeyListError
@@ -435,20 +436,14 @@ class Delivery:
                 )  # fmt: skip
                 return
             ann_eff = announcement_of(t, ann.targets, ann.keys) if t.bundle is not None else None  # type: ignore[arg-type]
-            active = self._active()
-            if active is not None and active.name == t.model:
-                if active.digest == t.sha256:
-                    self._set_issued(t, self._signer(t, ann))
-                    self._cancel_other(t.sha256)
-                    return
-                if not t.downgrade and t.version < active.version:
-                    message = f"v{t.version} is older than the active v{active.version} and no signed rollback names it"
-                    self._refuse(t.version, t.sha256, "rollback", message, stamp)
-                    return
-                if not t.downgrade and t.version == active.version:
-                    message = f"v{t.version} is active with another digest; a version is never reused"
-                    self._refuse(t.version, t.sha256, "version_conflict", message, stamp)
-                    return
+            verdict = update_verdict(self._active(), t.model, t.version, t.sha256, downgrade=t.downgrade)
+            if verdict is not None and verdict.reason == "already_active":
+                self._set_issued(t, self._signer(t, ann))
+                self._cancel_other(t.sha256)
+                return
+            if verdict is not None:
+                self._refuse(t.version, t.sha256, verdict.reason, verdict.message, stamp)
+                return
             if not t.downgrade and ann_eff is not None:
                 skip = self._should_fetch(ann_eff)
                 if skip is not None:
