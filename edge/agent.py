@@ -60,7 +60,7 @@ from edge.store.versions import RollbackError, VersionHistory, recover, rollback
 from edge.store.versions import prune as prune_versions
 from edge.store.versions import rollback as rollback_store
 from models.bundle import BundleError, VerifiedBundle, verify_unpacked
-from models.messages import TRANSIENT_REASONS, DeviceState, ModelAnnouncement, UpdateOutcome, disk_reason
+from models.messages import ActiveModel, DeviceState, ModelAnnouncement, UpdateOutcome, disk_reason
 
 __all__ = ["Agent"]
 
@@ -130,19 +130,8 @@ class Agent:
             self.http = HttpServer(app, host, port)
             self.http.start()
         if self.config.broker is not None:
-            self.mqtt = MqttLink(
-                self.config,
-                downloads_dir=self.store.downloads_dir,
-                metrics=self.metrics,
-                should_fetch=self.should_fetch,
-                on_complete=self._on_transfer_complete,
-                on_failed=self._on_transfer_failed,
-                state=self.device_state,
-                trust=self.trust,
-                report=self._step,
-                activate_installed=self.activate_installed,
-                on_trust_changed=self.recheck_trust,
-            )
+            # the agent is the link's host (edge.delivery.link.LinkHost): one interface instead of callbacks
+            self.mqtt = MqttLink(self.config, self, downloads_dir=self.store.downloads_dir, metrics=self.metrics, trust=self.trust)
             authority = CandidateAuthority(self.trust, self.config, installed=self.installed_digest, blocked=self.blocked)
             mqtt_serving = MqttServing(
                 self.serving, self.mqtt, max_payload_bytes=self.config.max_body_bytes, authorize=authority
@@ -551,6 +540,14 @@ class Agent:
             raise BundleError(verdict.reason, verdict.message)
 
     # -- update reporting -------------------------------------------------------------------
+    def active_model(self) -> ActiveModel | None:
+        """The model served now (edge.delivery.updater.DeliveryHost)."""
+        return self.device_state().model
+
+    def report(self, outcome: str, version: int, reason: str | None = None, **detail: Any) -> None:
+        """An update step, for events, state and metrics (edge.delivery.updater.DeliveryHost)."""
+        self._step(outcome, version, reason, **detail)
+
     def _step(
         self, outcome: str, version: int, reason: str | None = None, *, figures: dict[str, float] | None = None, **detail: Any
     ) -> None:
@@ -575,7 +572,7 @@ class Agent:
             self._refused[sha256] = reason
         self._step("refused", version, reason, message=message)
 
-    def _on_transfer_complete(self, transfer: Transfer) -> str | None:
+    def on_transfer_complete(self, transfer: Transfer) -> str | None:
         """Install a complete transfer. Returns the disk reason code when a disk fault stopped it (the
         download is kept; edge.delivery.updater retries), else None."""
         ann = transfer.announcement
@@ -638,8 +635,3 @@ class Agent:
         clock_ok = self.mqtt.delivery.clock_ok if self.mqtt is not None else True
         return {"disk": self.disk_health(), "clock": "ok" if clock_ok else "behind_signed_time", **self.security_health()}
 
-    def _on_transfer_failed(self, ann: ModelAnnouncement, reason: str, message: str) -> None:
-        if reason in TRANSIENT_REASONS:
-            self._step("failed", ann.version, reason, message=message)
-        else:
-            self._refuse(ann.version, reason, message, ann.sha256)
