@@ -14,7 +14,7 @@ MQTT and serial), receives new bundles over MQTT and swaps them in atomically. T
   micro-batches), :mod:`edge.serving.shadow` (shadow / A-B candidate), :mod:`edge.serving.online_state` (lag windows
   from reported sales), :mod:`edge.monitoring.drift` (PSI), :mod:`edge.monitoring.predlog` (sampled prediction log);
   :mod:`edge.serving.mqtt` (request/response, commands); :mod:`edge.monitoring.telemetry` (sequenced, spooled).
-- :mod:`edge.agent` — wires them together; ``edgeship agent --help``.
+- :mod:`edge.agent` — wires them together (it is the delivery link's host: :class:`edge.delivery.link.LinkHost`); ``edgeship agent --help``.
 
 Importing :mod:`edge` imports nothing heavy; import the submodule you need.
 """

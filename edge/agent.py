@@ -51,6 +51,7 @@ from edge.serving.pipeline import Serving
 from edge.serving.priority import serving_first
 from edge.serving.slot import ModelSlot
 from edge.store.model_store import ModelStore
+from edge.store.policy import update_verdict
 from edge.monitoring.telemetry import Telemetry
 from edge.monitoring.telemetry import for_agent as telemetry_for_agent
 from edge.delivery.transfer import Transfer
@@ -59,7 +60,7 @@ from edge.store.versions import RollbackError, VersionHistory, recover, rollback
 from edge.store.versions import prune as prune_versions
 from edge.store.versions import rollback as rollback_store
 from models.bundle import BundleError, VerifiedBundle, verify_unpacked
-from models.messages import TRANSIENT_REASONS, DeviceState, ModelAnnouncement, UpdateOutcome, disk_reason
+from models.messages import ActiveModel, DeviceState, ModelAnnouncement, UpdateOutcome, disk_reason
 
 __all__ = ["Agent"]
 
@@ -129,19 +130,8 @@ class Agent:
             self.http = HttpServer(app, host, port)
             self.http.start()
         if self.config.broker is not None:
-            self.mqtt = MqttLink(
-                self.config,
-                downloads_dir=self.store.downloads_dir,
-                metrics=self.metrics,
-                should_fetch=self.should_fetch,
-                on_complete=self._on_transfer_complete,
-                on_failed=self._on_transfer_failed,
-                state=self.device_state,
-                trust=self.trust,
-                report=self._step,
-                activate_installed=self.activate_installed,
-                on_trust_changed=self.recheck_trust,
-            )
+            # the agent is the link's host (edge.delivery.link.LinkHost): one interface instead of callbacks
+            self.mqtt = MqttLink(self.config, self, downloads_dir=self.store.downloads_dir, metrics=self.metrics, trust=self.trust)
             authority = CandidateAuthority(self.trust, self.config, installed=self.installed_digest, blocked=self.blocked)
             mqtt_serving = MqttServing(
                 self.serving, self.mqtt, max_payload_bytes=self.config.max_body_bytes, authorize=authority
@@ -443,13 +433,11 @@ class Agent:
         if self.config.model is not None and ann.model != self.config.model:
             return "other_model"
         current = self.predictor
-        if current is not None:
-            if ann.model != current.name:
-                return f"model {current.name} is active"
-            if ann.sha256 == current.digest:
-                return "same_digest"
-            if ann.version <= current.version:
-                return "not_newer"
+        if current is not None and ann.model != current.name:
+            return f"model {current.name} is active"
+        verdict = update_verdict(current, ann.model, ann.version, ann.sha256)  # the one rule (edge.store.policy)
+        if verdict is not None:
+            return verdict.reason
         if ann.sha256 in self._refused:
             return f"refused_before ({self._refused[ann.sha256]})"
         if self.history.is_rolled_back(ann.sha256):
@@ -546,14 +534,20 @@ class Agent:
             raise BundleError(
                 "announcement_mismatch", f"bundle is {m.name} v{m.version}, announced {ann.model} v{ann.version}"
             )
-        current = self.predictor
-        if current is not None and current.name == m.name and not allow_downgrade:
-            if bundle.digest == current.digest:
-                raise BundleError("already_active", f"{m.name} v{m.version} is already active")
-            if m.version <= current.version:
-                raise BundleError("rollback", f"v{m.version} is not newer than the active v{current.version}")
+        # a verified signed rollback (allow_downgrade) may install any version, the active bytes included
+        verdict = None if allow_downgrade else update_verdict(self.predictor, m.name, m.version, bundle.digest)
+        if verdict is not None:
+            raise BundleError(verdict.reason, verdict.message)
 
     # -- update reporting -------------------------------------------------------------------
+    def active_model(self) -> ActiveModel | None:
+        """The model served now (edge.delivery.updater.DeliveryHost)."""
+        return self.device_state().model
+
+    def report(self, outcome: str, version: int, reason: str | None = None, **detail: Any) -> None:
+        """An update step, for events, state and metrics (edge.delivery.updater.DeliveryHost)."""
+        self._step(outcome, version, reason, **detail)
+
     def _step(
         self, outcome: str, version: int, reason: str | None = None, *, figures: dict[str, float] | None = None, **detail: Any
     ) -> None:
@@ -578,7 +572,7 @@ class Agent:
             self._refused[sha256] = reason
         self._step("refused", version, reason, message=message)
 
-    def _on_transfer_complete(self, transfer: Transfer) -> str | None:
+    def on_transfer_complete(self, transfer: Transfer) -> str | None:
         """Install a complete transfer. Returns the disk reason code when a disk fault stopped it (the
         download is kept; edge.delivery.updater retries), else None."""
         ann = transfer.announcement
@@ -641,8 +635,3 @@ class Agent:
         clock_ok = self.mqtt.delivery.clock_ok if self.mqtt is not None else True
         return {"disk": self.disk_health(), "clock": "ok" if clock_ok else "behind_signed_time", **self.security_health()}
 
-    def _on_transfer_failed(self, ann: ModelAnnouncement, reason: str, message: str) -> None:
-        if reason in TRANSIENT_REASONS:
-            self._step("failed", ann.version, reason, message=message)
-        else:
-            self._refuse(ann.version, reason, message, ann.sha256)

@@ -24,6 +24,10 @@ __all__ = [
     "DeviceEvent",
     "DeviceCommand",
     "ChunkRequest",
+    "UpdateOutcomeKind",
+    "TransferProgressKind",
+    "OtherEventKind",
+    "EVENT_KINDS",
     "TransientReason",
     "TRANSIENT_REASONS",
     "DISK_REASONS",
@@ -39,6 +43,24 @@ __all__ = [
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{1,64}$")]
 
+
+#: The steps of a model update a device reports, in ``UpdateOutcome.outcome`` and as events of that kind.
+UpdateOutcomeKind = Literal["received", "verified", "gate_passed", "gate_failed", "active", "rolled_back", "refused", "failed"]
+#: Transfer progress before an outcome (``edge.delivery.updater``); a rollout reads them as progress too.
+TransferProgressKind = Literal["downloading", "downloaded"]
+#: Every other event a device sends on ``<device>/events`` (the vocabulary the cloud understands).
+OtherEventKind = Literal[
+    "candidate",  # shadow / A-B candidate loaded, refused or dropped (edge.serving.mqtt)
+    "clock_wrong",  # the clock is behind the newest signed time the device acted on
+    "disk_recovered",  # a disk fault cleared (edge.delivery.updater)
+    "transfer_stalled",  # chunks stopped arriving (asked again; a broker without persistence?)
+    "keylist", "keylist_refused", "keylist_stale",  # the root-signed key list changed / was refused / expired
+    "revoked_model",  # the served model's signing key was revoked (the agent's revocation policy)
+    "telemetry_lost",  # messages held in memory during a disk fault were lost at a restart
+    "sensor_reading",  # a reading from a serial device (firmware_bridge)
+    "sales",  # actual sales the device learned (SalesActuals), for the fleet's retraining
+]
+EVENT_KINDS: frozenset[str] = frozenset(get_args(UpdateOutcomeKind) + get_args(TransferProgressKind) + get_args(OtherEventKind))
 
 #: Failure reasons that say the *device* is unhealthy for now (its disk, its link, its broker), not
 #: that the bundle is bad. A device never remembers them against the bundle's sha256 (it retries
@@ -158,7 +180,7 @@ class ActiveModel(_Message):
 
 class UpdateOutcome(_Message):
     version: int
-    outcome: Literal["received", "verified", "gate_passed", "gate_failed", "active", "rolled_back", "refused", "failed"]
+    outcome: UpdateOutcomeKind
     reason: str | None = None
     figures: dict[str, float] = Field(
         default_factory=dict, description="Numbers behind the outcome, e.g. the on-device gate's nwrmsle and p99_abs_diff."

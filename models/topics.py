@@ -43,6 +43,7 @@ __all__ = [
     "device_wildcard",
     "fetch",
     "keylist",
+    "probe",
 ]
 
 PREFIX = "edgeship"
@@ -131,6 +132,13 @@ def bundle_chunks(fleet: str, bundle_id: str | None, prefix: str = PREFIX) -> st
 def fetch(fleet: str, device: str, prefix: str = PREFIX) -> str:
     """Where a device asks for chunks it waits for (``ChunkRequest``); the bundle server listens."""
     return f"{_device_base(fleet, device, prefix)}/fetch"
+
+
+def probe(fleet: str, nonce: str, prefix: str = PREFIX) -> str:
+    """A cloud client's own marker topic (never retained): a message published here after subscribing
+    arrives after every retained message the subscription brought (the broker queues in order), so
+    reading "what is retained on X" has a definite end instead of a guessed wait."""
+    return f"{prefix}/{validate_id(fleet, 'fleet')}/cloud/probe/{validate_id(nonce, 'nonce')}"
 
 
 def keylist(fleet: str, prefix: str = PREFIX) -> str:

@@ -288,6 +288,9 @@ class Publisher:
         self._refused: str | None = None
         self._retained: dict[str, bytes] = {}
         self._subacks: dict[int, threading.Event] = {}
+        self._probes: dict[str, threading.Event] = {}  # probe topic → set when the probe came back (retained())
+        self._early_acks: set[int] = set()
+        self._started = False
         self._lock = threading.Lock()
         self._in_flight: deque[mqtt.MQTTMessageInfo] = deque()
         self._served: dict[str, PreparedBundle] = {}
@@ -312,10 +315,15 @@ class Publisher:
 
     # -- connection -------------------------------------------------------------------------
     def connect(self, timeout: float = 15.0) -> Publisher:
+        """Connect once (``with Publisher(...).connect() as pub`` does not connect twice: a second
+        CONNECT with the same client id would make the broker drop the first session and its subscriptions)."""
+        if self._started:
+            return self
         try:
             connect_and_wait(self.client, self.url, self._connected, timeout=timeout, refused=lambda: self._refused)
         except ConnectionError as exc:
             raise PublishError(str(exc)) from exc
+        self._started = True
         return self
 
     def close(self) -> None:
@@ -329,6 +337,7 @@ class Publisher:
             logger.warning("closing with unacknowledged messages: %s", exc)
         self.client.disconnect()
         self.client.loop_stop()
+        self._started = False
 
     def __enter__(self) -> Publisher:
         return self.connect()
@@ -348,6 +357,8 @@ class Publisher:
     def _on_subscribe(self, _c: mqtt.Client, _u: object, mid: int, _codes: object, _p: object) -> None:
         with self._lock:
             ev = self._subacks.get(mid)
+            if ev is None:
+                self._early_acks.add(mid)  # acked before retained() could file its mid
         if ev is not None:
             ev.set()
 
@@ -366,31 +377,47 @@ class Publisher:
             except queue.Full:
                 logger.warning("chunk request queue full; dropping a request from %s", req.device_id)
             return
-        if msg.retain:
-            with self._lock:
+        with self._lock:
+            probe = self._probes.get(msg.topic)
+            if probe is None and msg.retain:
                 self._retained[msg.topic] = msg.payload
+        if probe is not None:
+            probe.set()
 
     def retained(self, topic: str, wait: float = 1.0) -> bytes | None:
-        """The retained message on ``topic`` (None if there is none)."""
-        ev, done = threading.Event(), threading.Event()
+        """The retained message on ``topic`` (None if there is none).
+
+        Subscribes to ``topic`` and to this client's probe topic (:func:`models.topics.probe`), then
+        publishes a probe: the broker delivers a subscription's retained messages before any message
+        published after it, so once the probe is back the answer is complete. No probe back within
+        ``max(wait, 10)`` seconds raises :class:`PublishError` (fail closed: a slow broker never reads as
+        "nothing retained")."""
+        probe = topics.probe(self.fleet, uuid.uuid4().hex[:16])
+        subscribed, arrived = threading.Event(), threading.Event()
         with self._lock:
-            rc, mid = self.client.subscribe(topic, qos=1)
+            self._probes[probe] = arrived
+        # paho calls are made without our lock held: its network thread takes our lock in callbacks
+        rc, mid = self.client.subscribe([(topic, 1), (probe, 1)])
+        try:
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 raise PublishError(f"subscribe to {topic} failed: {mqtt.error_string(rc)}")
-            self._subacks[mid] = ev
-        ev.wait(wait)
-        # The broker sends a retained message right after the SUBACK, in order on one connection; once
-        # the UNSUBACK is back, it has been handled (no guessing with a sleep).
+            with self._lock:
+                self._subacks[mid] = subscribed
+                if mid in self._early_acks:
+                    self._early_acks.discard(mid)
+                    subscribed.set()
+            limit = max(wait, 10.0)
+            if not subscribed.wait(limit):
+                raise PublishError(f"the broker did not confirm the subscription to {topic} within {limit:.0f} s")
+            info = self.client.publish(probe, b"", qos=1, retain=False)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS or not arrived.wait(limit):
+                raise PublishError(f"the broker did not complete the read of {topic} within {limit:.0f} s; nothing was sent")
+        finally:
+            with self._lock:
+                self._subacks.pop(mid, None)
+                self._probes.pop(probe, None)
+            self.client.unsubscribe([topic, probe])
         with self._lock:
-            rc, unmid = self.client.unsubscribe(topic)
-            if rc == mqtt.MQTT_ERR_SUCCESS:
-                self._subacks[unmid] = done
-        if rc == mqtt.MQTT_ERR_SUCCESS:
-            done.wait(max(wait, 5.0))
-        with self._lock:
-            self._subacks.pop(mid, None)
-            if rc == mqtt.MQTT_ERR_SUCCESS:
-                self._subacks.pop(unmid, None)
             return self._retained.pop(topic, None) or None
 
     # -- sending ----------------------------------------------------------------------------

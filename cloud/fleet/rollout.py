@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -63,7 +63,9 @@ from cloud.fleet.publish import (
 )
 from models.envelope import Signed
 from models.fsutil import atomic_write_bytes
-from models.messages import TRANSIENT_REASONS, UNVERIFIED_REASONS, DeviceState, ModelAnnouncement, utcnow
+from models.messages import (
+    EVENT_KINDS, TRANSIENT_REASONS, UNVERIFIED_REASONS, DeviceState, ModelAnnouncement, TransferProgressKind, utcnow,
+)
 from models.targets import Targets, announcement_of
 
 __all__ = [
@@ -86,7 +88,11 @@ _ALIVE_S = 10.0
 DEFAULT_RULES = ("failed>0", "gate_failed>0")
 #: Device failures that say nothing about the bundle (models.messages.TRANSIENT_REASONS: a full or
 #: read-only disk, a stalled transfer): the device is unhealthy and retries by itself; never "model bad".
-_PROGRESS = ("assigned", "downloading", "downloaded", "received", "verified", "gate_passed", "active")
+#: A device on its way: the controller's own "assigned", then the device's progress events and update steps
+#: (their names come from models.messages, the device's own vocabulary).
+_PROGRESS = ("assigned", *get_args(TransferProgressKind), "received", "verified", "gate_passed", "active")
+if not set(_PROGRESS[1:]) <= EVENT_KINDS:  # pragma: no cover - a typo here would silently stall rollouts
+    raise ImportError(f"rollout progress kinds {set(_PROGRESS[1:]) - EVENT_KINDS} are not device event kinds")
 
 
 class RolloutError(RuntimeError):

@@ -115,6 +115,7 @@ class FleetView:
         self.listeners: list[Callable[[str, str, Any], None]] = []
         self._last_message = time.monotonic()
         self._connected = threading.Event()
+        self._started = False
         self._refused: str | None = None
         #: Device messages dropped as malformed (bad JSON, naive times, schema), per device.
         self.bad_messages: collections.Counter[str] = collections.Counter()
@@ -125,12 +126,16 @@ class FleetView:
         self.client.on_message = self._on_message
 
     def start(self, timeout: float = 15.0) -> FleetView:
-        connect_and_wait(self.client, self.url, self._connected, timeout=timeout, refused=lambda: self._refused)
+        """Connect once (``with view.start()`` after ``start()`` does not reconnect)."""
+        if not self._started:
+            connect_and_wait(self.client, self.url, self._connected, timeout=timeout, refused=lambda: self._refused)
+            self._started = True
         return self
 
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        self._started = False
 
     def alive(self) -> bool:
         """True while the network loop runs and the broker connection is up: only then is what the

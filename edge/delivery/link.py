@@ -11,8 +11,7 @@ connect to it, and starts and stops it. Installs run on delivery's worker thread
 
 Usage (the agent does this)::
 
-    link = MqttLink(config, downloads_dir=store.downloads_dir, metrics=metrics, should_fetch=...,
-                    on_complete=..., on_failed=..., state=...)
+    link = MqttLink(config, agent, downloads_dir=store.downloads_dir, metrics=metrics)  # agent: a LinkHost
     link.start()                 # returns at once; connects and reconnects in the background
     link.publish_event("active", version=3)
     link.stop()                  # "offline" published explicitly, then a clean disconnect
@@ -25,18 +24,17 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
 from edge.config import AgentConfig
-from edge.delivery.updater import Delivery
+from edge.delivery.updater import Delivery, DeliveryHost
 from edge.monitoring.metrics import AgentMetrics
-from edge.delivery.transfer import Transfer
 from edge.delivery.trust import TrustStore
 from models import topics
 from models.broker import new_client
-from models.messages import DeviceEvent, DeviceState, ModelAnnouncement
+from models.messages import DeviceEvent, DeviceState
 
 __all__ = ["MqttLink"]
 
@@ -45,23 +43,24 @@ logger = logging.getLogger(__name__)
 ONLINE, OFFLINE = "online", "offline"
 
 
+class LinkHost(DeliveryHost, Protocol):
+    """What the link needs from the agent: the delivery host's methods and the retained state to publish."""
+
+    def device_state(self) -> DeviceState:
+        """The retained ``state`` message (model, gate, hardware, attributes …)."""
+
+
 class MqttLink:
     """The agent's MQTT client, its bundle transfers and its single update worker."""
 
     def __init__(
         self,
         config: AgentConfig,
+        host: LinkHost,
         *,
         downloads_dir: str | Path,
         metrics: AgentMetrics,
-        should_fetch: Callable[[ModelAnnouncement], str | None],
-        on_complete: Callable[[Transfer], None],
-        on_failed: Callable[[ModelAnnouncement, str, str], None],
-        state: Callable[[], DeviceState],
         trust: TrustStore | None = None,
-        report: Callable[..., None] | None = None,
-        activate_installed: Callable[[int, str], bool] | None = None,
-        on_trust_changed: Callable[[], None] | None = None,
     ) -> None:
         url = config.broker_url
         if url is None:
@@ -70,10 +69,7 @@ class MqttLink:
         self.url = url
         self.downloads_dir = Path(downloads_dir)
         self.metrics = metrics
-        self._should_fetch = should_fetch
-        self._on_complete = on_complete
-        self._on_failed = on_failed
-        self._state = state
+        self.host = host
         self._availability = topics.availability(config.fleet, config.device_id)
         self._lock = threading.RLock()
         self._stopping = False
@@ -101,23 +97,7 @@ class MqttLink:
         self.client = c
         if trust is None:
             trust = TrustStore(config.state_dir, pinned=config.trust, roots=config.trust_root)
-        self.delivery = Delivery(
-            config,
-            c,
-            trust=trust,
-            downloads_dir=self.downloads_dir,
-            metrics=metrics,
-            connected=self._connected.is_set,
-            active=lambda: self._state().model,
-            should_fetch=should_fetch,
-            on_complete=on_complete,
-            report=report or (lambda outcome, version, reason=None, **detail: self.publish_event(
-                outcome, version=version, reason=reason, **detail)),
-            event=self.publish_event,
-            publish_state=self.publish_state,
-            activate_installed=activate_installed,
-            on_trust_changed=on_trust_changed,
-        )
+        self.delivery = Delivery(config, c, trust=trust, downloads_dir=self.downloads_dir, metrics=metrics, host=host, link=self)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -182,7 +162,7 @@ class MqttLink:
         """Publish the retained DeviceState (if connected; it is published again on connect)."""
         if self.connected:
             topic = topics.state(self.config.fleet, self.config.device_id)
-            self.client.publish(topic, self._state().model_dump_json(), qos=1, retain=True)
+            self.client.publish(topic, self.host.device_state().model_dump_json(), qos=1, retain=True)
 
     def publish_event(self, kind: str, **detail: Any) -> None:
         """Publish one DeviceEvent on the events topic (dropped while disconnected, unless

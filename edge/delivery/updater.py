@@ -64,7 +64,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from pydantic import ValidationError
@@ -74,12 +74,12 @@ from models.fsutil import atomic_write_bytes
 from edge.monitoring.metrics import AgentMetrics
 from edge.delivery.transfer import ChunkError, Transfer
 from edge.delivery.trust import TrustStore
+from edge.store.policy import update_verdict
 from models import topics
 from models.envelope import Signed
 from models.keys import KeyListError
 from models.messages import (
     DISK_REASONS,
-    TRANSIENT_REASONS,
     ActiveModel,
     ChunkRequest,
     DeviceCommand,
@@ -89,17 +89,10 @@ from models.messages import (
 from models.signing import key_id
 from models.targets import MAX_CLOCK_SKEW, Targets, TargetsError, announcement_of, applicability, verify_targets
 
-__all__ = ["Delivery", "UNREMEMBERED", "ranges", "disk_room"]
+__all__ = ["Delivery", "DeliveryHost", "DeliveryLink", "ranges", "disk_room"]
 
 logger = logging.getLogger(__name__)
 
-#: Refusal reasons about the metadata, not the bundle's bytes, and transient device faults
-#: (models.messages.TRANSIENT_REASONS): never remembered against the bundle's sha256 (the same bundle
-#: may come back properly signed, current, or meant for this device, or the disk may recover).
-UNREMEMBERED = frozenset(
-    {"unsigned", "bad_signature", "malformed", "expired", "future", "keylist_expired", "wrong_fleet", "wrong_device",
-     "wrong_hardware", "rollback", "version_conflict", "rollback_unavailable", "byte_cap"}
-) | TRANSIENT_REASONS  # fmt: skip
 _TICK_S = 0.1
 #: Aborted tries of one version may be offered at most this many times its size, all tries together.
 RETRY_BYTES_FACTOR = 8
@@ -128,6 +121,41 @@ def ranges(indexes: list[int]) -> list[tuple[int, int]]:
     return out
 
 
+class DeliveryHost(Protocol):
+    """What the delivery worker needs from the device it updates (:class:`edge.agent.Agent` is one).
+
+    Every method is called from the delivery worker's thread."""
+
+    def active_model(self) -> ActiveModel | None:
+        """The model served now (None: none yet)."""
+
+    def should_fetch(self, announcement: ModelAnnouncement) -> str | None:
+        """None if the announced bundle should be downloaded, else why not (a reason code first)."""
+
+    def on_transfer_complete(self, transfer: Transfer) -> None:
+        """A bundle is complete and hash-checked on disk: verify, gate, install, activate."""
+
+    def report(self, outcome: str, version: int, reason: str | None = None, **detail: Any) -> None:
+        """An update step (``models.messages.UpdateOutcome``) for events, state and metrics."""
+
+    def activate_installed(self, version: int, sha256: str) -> bool:
+        """Serve an already installed version again (a signed rollback); False if it is not installed."""
+
+    def recheck_trust(self) -> None:
+        """The trusted keys changed: re-verify what is served and what would be fallen back to."""
+
+
+class DeliveryLink(Protocol):
+    """The MQTT side the worker reports through (:class:`edge.delivery.link.MqttLink`)."""
+
+    @property
+    def connected(self) -> bool: ...  # noqa: D102
+
+    def publish_event(self, kind: str, **detail: Any) -> None: ...  # noqa: D102
+
+    def publish_state(self) -> None: ...  # noqa: D102
+
+
 class Delivery:
     """One device's delivery client. Created by :class:`edge.delivery.link.MqttLink`, which forwards connects."""
 
@@ -139,30 +167,16 @@ class Delivery:
         trust: TrustStore,
         downloads_dir: str | Path,
         metrics: AgentMetrics,
-        connected: Callable[[], bool],
-        active: Callable[[], ActiveModel | None],
-        should_fetch: Callable[[ModelAnnouncement], str | None],
-        on_complete: Callable[[Transfer], None],
-        report: Callable[..., None],
-        event: Callable[..., None],
-        publish_state: Callable[[], None],
-        activate_installed: Callable[[int, str], bool] | None = None,
-        on_trust_changed: Callable[[], None] | None = None,
+        host: DeliveryHost,
+        link: DeliveryLink,
     ) -> None:
         self.config = config
         self.client = client
         self.trust = trust
         self.downloads_dir = Path(downloads_dir)
         self.metrics = metrics
-        self._connected = connected
-        self._active = active
-        self._should_fetch = should_fetch
-        self._on_complete = on_complete
-        self._report = report
-        self._event = event
-        self._publish_state = publish_state
-        self._activate_installed = activate_installed
-        self._on_trust_changed = on_trust_changed
+        self.host = host  # the device being updated (edge.agent.Agent)
+        self.link = link  # the MQTT side it reports through (edge.delivery.link.MqttLink)
         self._stale_reported = False
         self._spent: dict[str, int] = {}  # bundle sha256 -> chunk bytes offered over all aborted tries
         self._aborts: dict[str, int] = {}
@@ -359,14 +373,13 @@ class Delivery:
             self.metrics.refused_documents.labels(exc.reason).inc()
             if self._first_report(key):
                 logger.warning("key list refused: %s", exc, extra={"reason": exc.reason})
-                self._event("keylist_refused", reason=exc.reason, message=str(exc))
+                self.link.publish_event("keylist_refused", reason=exc.reason, message=str(exc))
             return
         if changed:
             self.forget_revoked()
-            self._event("keylist", version=self.trust.keylist_version, keys=self.trust.info()["keys"])
-            if self._on_trust_changed is not None:  # re-verify what is served (edge.agent: revocation policy)
-                self._jobs.put(("trust", None))
-            self._publish_state()
+            self.link.publish_event("keylist", version=self.trust.keylist_version, keys=self.trust.info()["keys"])
+            self._jobs.put(("trust", None))  # re-verify what is served (edge.agent: revocation policy)
+            self.link.publish_state()
             for (source, _model), ann in list(self._seen.items()):  # what failed for want of a key may verify now
                 self._consider(ann, source, from_keylist=True)
 
@@ -379,7 +392,7 @@ class Delivery:
         self.metrics.refused_documents.labels(reason).inc()
         if not self._first_report((sha256, reason, stamp)):
             return
-        self._report("refused", version, reason, message=message, sha256=sha256)
+        self.host.report("refused", version, reason, message=message, sha256=sha256)
 
     def _first_report(self, key: tuple[str, str, str], limit: int = 512) -> bool:
         """True the first time ``key`` is seen (the memory is bounded: oldest forgotten first)."""
@@ -435,22 +448,16 @@ class Delivery:
                 )  # fmt: skip
                 return
             ann_eff = announcement_of(t, ann.targets, ann.keys) if t.bundle is not None else None  # type: ignore[arg-type]
-            active = self._active()
-            if active is not None and active.name == t.model:
-                if active.digest == t.sha256:
-                    self._set_issued(t, self._signer(t, ann))
-                    self._cancel_other(t.sha256)
-                    return
-                if not t.downgrade and t.version < active.version:
-                    message = f"v{t.version} is older than the active v{active.version} and no signed rollback names it"
-                    self._refuse(t.version, t.sha256, "rollback", message, stamp)
-                    return
-                if not t.downgrade and t.version == active.version:
-                    message = f"v{t.version} is active with another digest; a version is never reused"
-                    self._refuse(t.version, t.sha256, "version_conflict", message, stamp)
-                    return
+            verdict = update_verdict(self.host.active_model(), t.model, t.version, t.sha256, downgrade=t.downgrade)
+            if verdict is not None and verdict.reason == "already_active":
+                self._set_issued(t, self._signer(t, ann))
+                self._cancel_other(t.sha256)
+                return
+            if verdict is not None:
+                self._refuse(t.version, t.sha256, verdict.reason, verdict.message, stamp)
+                return
             if not t.downgrade and ann_eff is not None:
-                skip = self._should_fetch(ann_eff)
+                skip = self.host.should_fetch(ann_eff)
                 if skip is not None:
                     # e.g. refused before, or rolled back from (edge.store.versions: never installed again)
                     logger.info("not fetching %s v%d: %s", t.model, t.version, skip)
@@ -483,7 +490,7 @@ class Delivery:
                 "it is wrong (no RTC, NTP not synced yet?); checking expiry against %s",
                 wall.isoformat(), behind, floor.isoformat(), floor.isoformat(),
             )  # fmt: skip
-            self._event("clock_wrong", wall=wall.isoformat(), floor=floor.isoformat(), behind_s=round(behind, 3))
+            self.link.publish_event("clock_wrong", wall=wall.isoformat(), floor=floor.isoformat(), behind_s=round(behind, 3))
         return floor
 
     def superseded(self, targets: object | None) -> bool:
@@ -587,7 +594,7 @@ class Delivery:
                 return
             except ValueError as exc:
                 logger.error("cannot receive %s v%d: %s", ann.model, ann.version, exc)
-                self._report("failed", ann.version, "malformed", message=str(exc))
+                self.host.report("failed", ann.version, "malformed", message=str(exc))
                 return
             except OSError as exc:
                 self._disk_failed(ann, disk_reason(exc) or "disk_io", f"cannot receive {ann.model} v{ann.version}: {exc}")
@@ -599,7 +606,7 @@ class Delivery:
                 extra={"model": ann.model, "version": ann.version, "bundle_id": ann.bundle_id, "chunks": t.chunks,
                        "have": t.received},
             )  # fmt: skip
-            self._event(
+            self.link.publish_event(
                 "downloading", model=ann.model, version=ann.version, sha256=ann.sha256, size=ann.size,
                 chunks=t.chunks, have=t.received, rollout=targets.rollout,
             )  # fmt: skip
@@ -615,7 +622,7 @@ class Delivery:
                 done = None
         if done is not None:
             self._hand_off(done)
-        self._publish_state()
+        self.link.publish_state()
 
     # -- disk faults (under self._lock) -------------------------------------------------------
     def _check_room(self, ann: ModelAnnouncement) -> None:
@@ -672,8 +679,8 @@ class Delivery:
         self.stats["disk_faults"] += 1
         if first:
             logger.error("%s (%s); retrying in %.1f s", message, reason, self._disk_backoff)
-            self._report("failed", ann.version, reason, message=message, retry_in_s=round(self._disk_backoff, 3))
-            self._publish_state()
+            self.host.report("failed", ann.version, reason, message=message, retry_in_s=round(self._disk_backoff, 3))
+            self.link.publish_state()
         else:
             logger.info("disk still faulty (%s); next retry in %.1f s", reason, self._disk_backoff)
 
@@ -683,7 +690,7 @@ class Delivery:
         was, since = self.disk_fault, self._disk_fault_at or time.monotonic()
         self.disk_fault, self._disk_fault_at, self._disk_backoff = None, None, self.config.disk_retry_min_s
         logger.info("disk writable again after %.1f s (%s); resuming", time.monotonic() - since, was)
-        self._event("disk_recovered", was=was, fault_s=round(time.monotonic() - since, 3))
+        self.link.publish_event("disk_recovered", was=was, fault_s=round(time.monotonic() - since, 3))
 
     def _pump(self) -> None:
         """Request missing chunks until ``transfer_window`` are outstanding (and the rate budget allows).
@@ -691,7 +698,7 @@ class Delivery:
         Refills once half the window arrived, so one SUBSCRIBE and one UNSUBSCRIBE packet cover several
         chunks."""
         t = self._transfer
-        if t is None or not self._connected():
+        if t is None or not self.link.connected:
             return
         if len(self._outstanding) > self.config.transfer_window // 2:
             return
@@ -748,13 +755,13 @@ class Delivery:
             delay = min(3600.0, 2 * self.config.chunk_timeout_s * 2 ** max(0, self._aborts[sha] - 2))
             self._rearm_at = time.monotonic() + delay
         logger.warning("transfer of v%d aborted (%s): %s", t.announcement.version, reason, message)
-        self._report("failed", t.announcement.version, reason, message=message)
+        self.host.report("failed", t.announcement.version, reason, message=message)
 
     def _hand_off(self, t: Transfer) -> None:
         self.downloaded_at = time.monotonic()
         self._handed_off.add(t.announcement.sha256)
         logger.info("bundle received", extra={"bundle_id": t.bundle_id, "bytes": t.announcement.size})
-        self._event(
+        self.link.publish_event(
             "downloaded", version=t.announcement.version, sha256=t.announcement.sha256, chunks=t.chunks,
             resumed_chunks=t.resumed_chunks, fetched_chunks=t.chunks - t.resumed_chunks,
             fetched_bytes=t.bytes_received, offered_bytes=t.bytes_offered,
@@ -778,8 +785,8 @@ class Delivery:
                     self._install(arg)
                 elif kind == "rollback":
                     self._rollback(*arg)
-                elif kind == "trust" and self._on_trust_changed is not None:
-                    self._on_trust_changed()
+                elif kind == "trust":
+                    self.host.recheck_trust()
             except Exception:
                 logger.exception("delivery job %s failed", kind)
             self._tick()
@@ -787,7 +794,7 @@ class Delivery:
     def _install(self, t: Transfer) -> None:
         fault: object = None
         try:
-            fault = self._on_complete(t)  # the agent returns a disk reason code when a disk fault stopped it
+            fault = self.host.on_transfer_complete(t)  # the agent returns a disk reason code when a disk fault stopped it
         finally:
             with self._lock:
                 self._handed_off.discard(t.announcement.sha256)
@@ -801,7 +808,7 @@ class Delivery:
 
     def _rollback(self, t: Targets, ann: ModelAnnouncement | None) -> None:
         """A signed rollback command: activate the installed version if this device still holds it, else fetch it."""
-        if self._activate_installed is not None and self._activate_installed(t.version, t.sha256):
+        if self.host.activate_installed(t.version, t.sha256):
             return
         if ann is None:
             self._refuse(
@@ -819,16 +826,16 @@ class Delivery:
         if stale and not self._stale_reported:
             logger.error("the key list v%s has expired: updates are refused until a current one arrives",
                          self.trust.keylist_version)  # fmt: skip
-            self._event("keylist_stale", keylist_version=self.trust.keylist_version,
+            self.link.publish_event("keylist_stale", keylist_version=self.trust.keylist_version,
                         expires_at=self.trust.info()["expires_at"])  # fmt: skip
-            self._publish_state()
+            self.link.publish_state()
         self._stale_reported = stale
 
     def _tick(self) -> None:
         self._check_stale()
         with self._lock:
             now = time.monotonic()
-            if not self._connected():
+            if not self.link.connected:
                 self._last_progress = now  # a broker outage is not a stall: resume on reconnect
                 return
             t = self._transfer
@@ -845,7 +852,7 @@ class Delivery:
             self._retries += 1
             if not self._stall_reported:  # say so within chunk_timeout_s, not only when giving up
                 self._stall_reported = True
-                self._event(
+                self.link.publish_event(
                     "transfer_stalled", version=t.announcement.version, bundle_id=t.bundle_id, have=t.received,
                     total=t.chunks, waiting=ranges(sorted(self._outstanding))[:16],
                     idle_s=round(now - self._last_progress, 3),

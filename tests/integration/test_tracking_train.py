@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from models.recipes import load_recipe
+
 from tests.conftest import require
 
 pytestmark = pytest.mark.integration
@@ -55,7 +57,8 @@ def test_two_runs_get_distinct_versions_and_are_recorded(tmp_path: Path) -> None
     ra, rb = records
     assert ra["data"]["hash"] == reports[0]["dataset"]["version"] and len(ra["data"]["hash"]) == 64
     assert ra["code_revision"] == reports[0]["lineage"]["code_revision"] != "unknown"
-    assert ra["params"]["recipe"]["training"]["epochs"] == 8 and rb["params"]["recipe"]["training"]["epochs"] == 6
+    default_epochs = load_recipe().training.epochs
+    assert ra["params"]["recipe"]["training"]["epochs"] == default_epochs and rb["params"]["recipe"]["training"]["epochs"] == 6
     assert ra["metrics"]["keras"]["nwrmsle"] == reports[0]["metrics"]["keras"]["nwrmsle"]
     assert "store_type" in ra["slices"] and ra["gates"]["baselines"]["passed"] is True
     bundle = ra["artifacts"]["bundle"]
@@ -67,7 +70,7 @@ def test_two_runs_get_distinct_versions_and_are_recorded(tmp_path: Path) -> None
     out = _cli("runs", "list")
     assert out.returncode == 0 and "favorita-demand@v1" in out.stdout and "favorita-demand@v2" in out.stdout, out.stderr
     out = _cli("runs", "compare", "v1", "v2")
-    assert out.returncode == 0 and "≠ recipe.training.epochs: 8 → 6" in out.stdout and "keras.nwrmsle" in out.stdout
+    assert out.returncode == 0 and f"≠ recipe.training.epochs: {default_epochs} → 6" in out.stdout and "keras.nwrmsle" in out.stdout
 
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     got = client.get_run(rb["mlflow_run_id"])

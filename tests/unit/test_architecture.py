@@ -151,3 +151,35 @@ def test_the_metric_check_catches_a_stray_definition(tmp_path) -> None:
     path = tmp_path / "x.py"
     path.write_text("from prometheus_client import Counter\nC = Counter('edgeship_x', 'x')\n")
     assert metric_definitions(path) == [2]
+
+
+def emitted_event_kinds() -> dict[str, list[str]]:
+    """Literal first arguments of the agent's event and update-step calls, with where they are."""
+    calls = {"publish_event", "_step", "report", "event", "_refuse", "append"}
+    out: dict[str, list[str]] = {}
+    for p in sorted((ROOT / "edge").rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in calls and node.args):
+                continue
+            first = node.args[0]
+            if node.func.attr == "append":  # the agent's start-up notes: _start_notes.append(("revoked_model", {...}))
+                receiver = node.func.value
+                if not (isinstance(receiver, ast.Attribute) and receiver.attr == "_start_notes"):
+                    continue
+                first = first.elts[0] if isinstance(first, ast.Tuple) and first.elts else None
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                out.setdefault(first.value, []).append(f"{p.relative_to(ROOT)}:{node.lineno}")
+    return out
+
+
+def test_every_event_kind_the_agent_sends_is_in_the_shared_vocabulary() -> None:
+    """Event kinds are typed once in models.messages (issue 8); the cloud reads them from there."""
+    from edge.monitoring.telemetry import LOST_EVENT
+    from models.messages import EVENT_KINDS
+    from models.serving import ACTUALS_EVENT
+
+    kinds = emitted_event_kinds()
+    assert {"active", "refused", "downloading", "transfer_stalled", "revoked_model"} <= set(kinds)  # the scan sees them
+    unknown = {k: v for k, v in kinds.items() if k not in EVENT_KINDS}
+    assert not unknown, f"event kinds missing from models.messages.EVENT_KINDS: {unknown}"
+    assert {LOST_EVENT, ACTUALS_EVENT} <= EVENT_KINDS
