@@ -2,7 +2,7 @@
 reading a large ``train.csv`` by date window, each in a child process measured with ``wait4``
 (peak RSS of that child, wall time), pinned to at most 2 CPUs.
 
-    python -m bench.scale                  # small defaults: 54 stores x 50 items x 3 years (~1.4 M rows)
+    python -m bench.scale                  # a quicker size: 54 stores x 50 items x 3 years (~1.4 M rows)
     python -m bench.scale --full           # issue 14's size: 54 stores x 500 items x 3 years (~14 M rows),
                                            # and a 10 M-row train.csv read by a 30-day window
     python -m bench.scale --stores 54 --items 500 --days 1095 --loader-rows 10000000 --work /tmp/scale
@@ -210,7 +210,7 @@ def run(work: Path, stores: int = 54, items: int = 50, days: int = 1095, loader_
         "",
     ]
     if stores * items < 54 * 500:
-        lines += ["(Small default for `make bench`; issue 14's size is `python -m bench.scale --full`.)", ""]
+        lines += ["(Smaller than issue 14's size, which `python -m bench.scale --full` and `make bench` measure.)", ""]
     _, loader_lines = _loader(work, data, loader_rows or rows)
     lines += loader_lines
     if not keep:
