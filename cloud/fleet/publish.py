@@ -411,7 +411,10 @@ class Publisher:
                 raise PublishError(f"the broker did not confirm the subscription to {topic} within {limit:.0f} s")
             info = self.client.publish(probe, b"", qos=1, retain=False)
             if info.rc != mqtt.MQTT_ERR_SUCCESS or not arrived.wait(limit):
-                raise PublishError(f"the broker did not complete the read of {topic} within {limit:.0f} s; nothing was sent")
+                raise PublishError(
+                    f"the broker did not complete the read of {topic} within {limit:.0f} s; nothing was sent "
+                    "(a slow broker, or an identity the ACL does not allow to use the cloud's topics)"
+                )
         finally:
             with self._lock:
                 self._subacks.pop(mid, None)

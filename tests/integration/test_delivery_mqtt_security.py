@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cloud.fleet import provision
-from cloud.fleet.publish import publish
+from cloud.fleet.publish import PublishError, publish
 from tests.bundle_kit import build_bundle
 from models import topics
 from models.broker import BrokerURL, new_client
@@ -155,8 +155,10 @@ def test_cloud_identity_rolls_out_to_an_agent_over_mqtts(secure, tmp_path):
     _use(s, "store-a")  # the agent reads its credentials from the environment at start
     agent = start_agent(tmp_path, s["url"], "store-a", fleet=FLEET, trust=[k.pub_path])
     try:
-        # a device identity cannot roll out: the broker drops its chunks and announcement (ACL)
-        publish(bundle, s["url"], key=k.key_path, fleet=FLEET, progress=False, timeout=10)
+        # a device identity cannot roll out: the ACL keeps it off the cloud's topics, and publish says so
+        # (it cannot even read the fleet's announcement) instead of reporting a send the broker dropped
+        with pytest.raises(PublishError, match="ACL"):
+            publish(bundle, s["url"], key=k.key_path, fleet=FLEET, progress=False, timeout=10)
         time.sleep(1.0)
         assert agent.predictor is None and agent.mqtt.delivery.info() is None
         _use(s, "edgeship-cloud")
