@@ -33,14 +33,15 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeship.demo import EmbeddedBroker, _AgentProc, _start_agent, _wait_for_version, _workdir, free_port, http_json
+from edgeship.demo import (
+    EmbeddedBroker, _AgentProc, _start_agent, _wait_for_version, _workdir, free_port, http_json, stop_agents,
+)
 
 __all__ = ["run_cycle", "split_future", "remember_first", "reuse_first"]
 
@@ -329,14 +330,7 @@ def run_cycle(
                     stop.wait(0.5)
             return code
         finally:
-            for agent in procs:
-                if agent.proc.poll() is None:
-                    agent.proc.send_signal(signal.SIGTERM)
-            for agent in procs:
-                try:
-                    agent.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    agent.proc.kill()
+            stop_agents(procs)
             if server is not None:
                 server.shutdown()
             if ingest is not None:

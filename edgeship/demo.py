@@ -138,6 +138,18 @@ def _start_agent(device_id: str, broker: str, work: Path, trust: Path, extra: Se
     return _AgentProc(device_id, f"http://127.0.0.1:{port}", proc, log)
 
 
+def stop_agents(procs: Sequence[_AgentProc], timeout: float = 15.0) -> None:
+    """SIGTERM every agent process still running, wait for each, kill what does not stop in time."""
+    for agent in procs:
+        if agent.proc.poll() is None:
+            agent.proc.send_signal(signal.SIGTERM)
+    for agent in procs:
+        try:
+            agent.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            agent.proc.kill()
+
+
 def _wait_for_version(agent: _AgentProc, version: int, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -245,14 +257,7 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
         finally:
             if stop_shelf is not None:
                 stop_shelf()
-            for agent in procs:
-                if agent.proc.poll() is None:
-                    agent.proc.send_signal(signal.SIGTERM)
-            for agent in procs:
-                try:
-                    agent.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    agent.proc.kill()
+            stop_agents(procs)
             if embedded is not None:
                 embedded.stop()
             signal.signal(signal.SIGTERM, old_term)
