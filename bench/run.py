@@ -156,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _days(window: list[str] | tuple[str, str]) -> int:
+    """Days in an inclusive ``(first, last)`` ISO date window."""
+    import datetime as dt
+
+    return (dt.date.fromisoformat(str(window[1])[:10]) - dt.date.fromisoformat(str(window[0])[:10])).days + 1
+
+
 def _encoded_row(predictor, row: dict) -> dict[str, np.ndarray]:
     from models.features import encode
 
@@ -202,7 +209,7 @@ def _write(out: Path, report: dict, manifest, lat: dict, ref: float, train_wall:
         lines.append(f"| {name} | {s['p50']:.1f} | {s['p99']:.1f} | {s['p50'] / ref:.1f}× | {s['n']} |")
     lines += [
         "",
-        "## Model quality on the validation split (last 14 days, NWRMSLE as Kaggle defines it)",
+        f"## Model quality on the validation split (last {_days(ds['valid_window'])} days, NWRMSLE as Kaggle defines it)",
         "",
         f"Demo data: synthetic Favorita format, {ds['pairs']} store×item pairs, {ds['train_rows']:,} training rows "
         f"({ds['train_window'][0]} … {ds['train_window'][1]}), {ds['valid_rows']:,} validation rows "
