@@ -57,9 +57,33 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
             _run("umount", "-l", str(path))  # something still holds it: detach now, freed when released
 
 
-def remount(path: Path, mode: str) -> None:
-    r = _run("mount", "-o", f"remount,{mode}", str(path))
-    assert r.returncode == 0, f"remount {mode} {path}: {r.stderr}"
+def remount(path: Path, mode: str, timeout: float = 10.0) -> None:
+    """``mount -o remount,MODE``. A read-only remount by hand is refused while a file is open for writing
+    (the kernel's own remount after an I/O error is not); a writer that holds a file for a moment (a
+    background flush) is waited for, one that holds it for good fails the test with lsof-like detail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = _run("mount", "-o", f"remount,{mode}", str(path))
+        if r.returncode == 0 or "busy" not in r.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert r.returncode == 0, f"remount {mode} {path}: {r.stderr} (open for writing: {_writers(path)})"
+
+
+def _writers(path: Path) -> list[str]:
+    """Files under ``path`` that some process holds open for writing (why a read-only remount is busy)."""
+    out = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                target = os.readlink(fd)
+                if target.startswith(str(path)):
+                    flags = (fd_dir.parent / "fdinfo" / fd.name).read_text().split("flags:")[1].split()[0]
+                    if int(flags, 8) & 0o3:  # O_WRONLY or O_RDWR
+                        out.append(target)
+        except OSError:
+            continue
+    return sorted(set(out))
 
 
 def fill(disk: Path, leave: int) -> Path:

@@ -44,7 +44,9 @@ def test_feedback_on_a_read_only_or_full_disk_is_refused_with_the_reason_never_d
         # remount): it gets its own tmpfs, as in test_disk_faults; the feedback store holds nothing open
         state = disk / "state"
         # lag state saved at each report (its 2 s background flush would hold a file open at a random moment)
-        fields = {"telemetry": {"interval_s": 0, "fsync": False}, "online_state": {"flush_interval_s": 0}}
+        # and the prediction log off: a sampled request opens a log segment that stays open for appends
+        fields = {"telemetry": {"interval_s": 0, "fsync": False}, "online_state": {"flush_interval_s": 0},
+                  "predlog": {"sample_rate": 0.0}}  # fmt: skip
         with agent_and_app(tmp_path, keys, state=state, **fields) as (agent, url):
             client = Client(url, verbose=False)
             ok = client.predict(*_form("2017-08-17", 3, "ana"), api_name="/feedback")
