@@ -12,7 +12,7 @@ The rules (ASGI middleware around the Starlette app, :func:`install`):
   ``--http-token-file`` (first line of the file) or ``EDGESHIP_HTTP_TOKEN``. Without a configured
   token, writes are accepted only from loopback clients (the agent listens on loopback by default);
   from anywhere else they get ``401`` saying how to configure one.
-- **Reads** (``POST /v1/predict``, ``/v1/predict:batch``, ``/v1/predict:candidate``, ``/v1/explain`` and
+- **Reads** (``POST /v1/predict``, ``/v1/predict:batch``, ``/v1/predict:candidate``, ``/v1/predict:live``, ``/v1/explain`` and
   every GET: ``/healthz``, ``/metrics``, ``/v1/catalogue``, ``/v1/history``) are
   open by default; ``--http-auth-reads`` makes them require the token too.
 
@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 #: (method, path) pairs that only read state; every other non-GET route is a write.
 READ_ROUTES = frozenset(
-    {("POST", "/v1/predict"), ("POST", "/v1/predict:batch"), ("POST", "/v1/predict:candidate"), ("POST", "/v1/explain")}
+    {("POST", "/v1/predict"), ("POST", "/v1/predict:batch"), ("POST", "/v1/predict:candidate"), ("POST", "/v1/predict:live"),
+     ("POST", "/v1/explain")}
 )
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 TOKEN_ENV = "EDGESHIP_HTTP_TOKEN"
