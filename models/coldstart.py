@@ -11,6 +11,13 @@ belongs to, in this order (the ``fallback`` the response names):
 ``global``             the mean window of every pair (the last resort, so every pair of the
                        catalogue gets a number).
 
+A group's window says what its established pairs sell, not what a pair without history will: most
+such pairs are rarely sold ones or items not yet launched. So each level carries a scale
+(``level_scale``, 1.0 = the group's window as it is) that the trainer calibrates on its own history
+— what pairs that were cold at earlier cuts went on to sell, against their fallback windows then
+(:func:`cloud.training.prepare.calibrate_fallback`); :meth:`Fallback.lookup` returns the window times
+its level's scale.
+
 The window then goes through the very same :func:`models.features.encode` /
 :func:`models.features.lag_features` path as a pair with history, with the pair's own store and
 item (their embeddings; an item the model never trained on carries the mean item embedding, see
@@ -69,6 +76,8 @@ class Fallback:
     family_type_key: np.ndarray  # int64 [L], sorted: store_type index * 4096 + family index
     family_type_window: np.ndarray
     global_window: np.ndarray  # float32 [56]
+    #: per level of :data:`LEVELS`: the factor its window is served with (ones: the group means as they are)
+    level_scale: np.ndarray = dataclasses.field(default_factory=lambda: np.ones(len(LEVELS), np.float32))
 
     def __post_init__(self) -> None:
         for name in ("item", "family_store", "family_type"):
@@ -80,14 +89,24 @@ class Fallback:
                 raise ValueError(f"fallback {name} keys must be unique and sorted")
         if self.global_window.shape != (LAG_WINDOW_DAYS,):
             raise ValueError(f"fallback global_window must have shape ({LAG_WINDOW_DAYS},)")
+        scale = np.asarray(self.level_scale)
+        if scale.shape != (len(LEVELS),) or not np.all(np.isfinite(scale)) or np.any(scale < 0):
+            raise ValueError(f"fallback level_scale must be {len(LEVELS)} finite factors >= 0 (one per level), got {scale!r}")
 
     @classmethod
     def build(
-        cls, tables: Tables, store_nbr: np.ndarray, item_nbr: np.ndarray, windows: np.ndarray, end_date: np.datetime64
+        cls,
+        tables: Tables,
+        store_nbr: np.ndarray,
+        item_nbr: np.ndarray,
+        windows: np.ndarray,
+        end_date: np.datetime64,
+        level_scale: np.ndarray | None = None,
     ) -> Fallback:
         """Group means of the windows of the pairs with history (``store_nbr``/``item_nbr``/``windows`` [P, 56]).
 
-        Pairs whose store or item is not in ``tables`` count for the item and global means only."""
+        Pairs whose store or item is not in ``tables`` count for the item and global means only.
+        ``level_scale``: one factor per level (default: ones)."""
         store_nbr = np.asarray(store_nbr, np.int64)
         item_nbr = np.asarray(item_nbr, np.int64)
         windows = np.asarray(windows, np.float32)
@@ -109,10 +128,20 @@ class Fallback:
             family_type_key=ft_key,
             family_type_window=ft_w,
             global_window=windows.astype(np.float64).mean(axis=0).astype(np.float32),
+            level_scale=(np.ones(len(LEVELS)) if level_scale is None else np.asarray(level_scale)).astype(np.float32),
         )
 
+    def with_scale(self, level_scale: np.ndarray) -> Fallback:
+        """The same windows served with other per-level factors."""
+        return dataclasses.replace(self, level_scale=np.asarray(level_scale, np.float32))
+
     def lookup(self, tables: Tables, store_nbr: int, item_nbr: int) -> tuple[str, np.ndarray]:
-        """``(level, window [56])`` for a pair of known store and item (see :data:`LEVELS`)."""
+        """``(level, window [56])`` for a pair of known store and item (see :data:`LEVELS`): the
+        group's mean window times the level's scale."""
+        level, window = self._group(tables, store_nbr, item_nbr)
+        return level, window * self.level_scale[LEVELS.index(level)]
+
+    def _group(self, tables: Tables, store_nbr: int, item_nbr: int) -> tuple[str, np.ndarray]:
         pos = np.searchsorted(self.item_nbr, item_nbr)
         if pos < len(self.item_nbr) and self.item_nbr[pos] == item_nbr:
             return "item", self.item_window[pos]
@@ -150,6 +179,6 @@ class Fallback:
             kwargs = {
                 f.name: (z[f.name].astype(np.int64) if f.name.endswith(("_key", "_nbr")) else z[f.name].astype(np.float32))
                 for f in dataclasses.fields(cls)
-                if f.name != "end_date"
-            }
+                if f.name != "end_date" and (f.name in z.files or f.name != "level_scale")
+            }  # a bundle from before level_scale: the group means as they are
             return cls(end_date=np.datetime64(str(z["end_date"]), "D"), **kwargs)

@@ -136,12 +136,13 @@ def build_bundle(
     tables: Tables | None = None,
     state: SalesState | None = None,
     expected_weights: np.ndarray | None = None,
-    fallback: bool = False,
+    fallback: bool | np.ndarray = False,
 ) -> tuple[Path, Manifest]:
     """A real, signed bundle with the sample tables and state and dummy model files.
 
     ``fallback=True`` ships the cold-start windows (``fallback.npz``, :mod:`models.coldstart`)
-    built from ``state``, as the trainer does; without it pairs without history are refused.
+    built from ``state``, as the trainer does; without it pairs without history are refused. An array
+    instead of True: the per-level factors (``level_scale``) the windows are served with.
 
     ``model_bytes`` maps a variant name to its file's bytes (default ``b"fake <variant>"``), so a
     test can ship a real tiny model for one variant and dummies (for the fake runtime) for others.
@@ -177,10 +178,11 @@ def build_bundle(
                 "metrics": {"nwrmsle": 0.5, "r2": 0.3, "holdout_nwrmsle": holdout_nwrmsle},
             }
         )
-    if fallback:
+    if fallback is not False:
         from models.coldstart import Fallback
 
-        fb = Fallback.build(tables, state.store_nbr, state.item_nbr, state.window, state.end_date)
+        scale = None if fallback is True else fallback
+        fb = Fallback.build(tables, state.store_nbr, state.item_nbr, state.window, state.end_date, level_scale=scale)
         members["fallback.npz"] = fb.to_bytes()
     members.update(extra_members or {})
     fields = {
@@ -198,7 +200,7 @@ def build_bundle(
         "parameters": {"recipe": "sample", "tolerances": {v: dict(SAMPLE_TOLERANCE) for v in variants}},
         "metrics": {"keras": {"nwrmsle": 0.5}},
         "variants": variant_entries,
-        **({"fallback": "fallback.npz"} if fallback else {}),
+        **({"fallback": "fallback.npz"} if fallback is not False else {}),
         "contract": ContractInfo.current(
             state_end_date=str(state.end_date), max_batch=max_batch, horizon_days=horizon_days
         ).model_dump(),

@@ -236,6 +236,7 @@ def _train(
     timings["data_seconds"] = time.perf_counter() - t
     report["dataset"] = {"version": loaded.version, "cleaning": cleaning.as_dict(), **prep.summary()}
     report["dataset"]["horizon_days"] = horizon
+    report["dataset"]["cold_start_calibration"] = prep.fallback_calibration
     report["dataset"]["unknown_promotion_days"] = int(len(unknown_days))
     report["dataset"]["validation_flags"] = "true (oracle.csv)" if truth is not None else "imputed from other stores"
     logger.info("data %s: %s", loaded.version[:12], prep.summary())
@@ -358,7 +359,9 @@ def _train(
     state = prep.matrix.state()
     members["state.npz"] = state.to_bytes()
     # cold start: group windows for the catalogue's pairs without history (models.coldstart)
-    members["fallback.npz"] = Fallback.build(prep.tables, state.store_nbr, state.item_nbr, state.window, state.end_date).to_bytes()
+    members["fallback.npz"] = Fallback.build(
+        prep.tables, state.store_nbr, state.item_nbr, state.window, state.end_date, level_scale=prep.fallback_scale
+    ).to_bytes()
     members["holdout.npz"] = write_holdout(
         valid.x.cat[holdout_idx], valid.x.num[holdout_idx], valid.y[holdout_idx],
         weights(valid.perishable[holdout_idx]), holdout_preds,

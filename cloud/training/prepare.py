@@ -9,7 +9,8 @@ calls, from a lag window that ends ``offset`` days before the row's date:
 * training rows cycle through the same offsets, so the model learns to forecast 1…N days ahead;
 * cold start: a pair that sold nothing before the validation split is one a trainer at the split would
   not know. Its training rows are dropped, and its validation rows are encoded, as the agent serves
-  such a pair, from the cold-start fallback window (:mod:`models.coldstart`) of the pairs that did sell.
+  such a pair, from the cold-start fallback window (:mod:`models.coldstart`) of the pairs that did sell,
+  scaled per level as :func:`calibrate_fallback` learnt from the training period alone.
 
 The split is by time, like the lecture's splitter: the last ``validation_days`` days validate.
 """
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from models.contract import LAG_WINDOW_DAYS
-from models.coldstart import Fallback
+from models.coldstart import LEVELS, Fallback
 from models.features import Encoded, SalesState, Tables, encode, target_transform
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "prepare",
     "encode_at",
     "impute_promo",
+    "calibrate_fallback",
 ]
 
 
@@ -181,6 +183,10 @@ class Prepared:
     valid: Split
     train_window: tuple[str, str]
     valid_window: tuple[str, str]
+    #: per cold-start level (models.coldstart.LEVELS): the factor its fallback window is served with
+    fallback_scale: np.ndarray = dataclasses.field(default_factory=lambda: np.ones(len(LEVELS), np.float32))
+    #: how the factors were learnt (cuts, rows per level), for report.json
+    fallback_calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -190,6 +196,53 @@ class Prepared:
             "train_window": self.train_window,
             "valid_window": self.valid_window,
         }
+
+
+def calibrate_fallback(
+    tables: Tables, m: SalesMatrix, *, first_cut: int, last_cut: int, horizon: int, every: int = 7, min_rows: int = 20
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per cold-start level, the factor that turns a group's mean window into what a pair without
+    history goes on to sell, learnt from the matrix's own past.
+
+    At every ``every``-th day index ``c`` in [``first_cut``, ``last_cut``] (each needs a full lag window
+    before it and ``horizon`` days after it), the pairs that had not sold since the matrix's first
+    day are cold; each gets its fallback window from the pairs that had, as the agent would serve it.
+    A level's factor is the mean log1p sales of its cold pairs over the ``horizon`` days after the cut,
+    over the mean of the last 14 days of their fallback windows. A group's window describes its
+    established pairs; a pair with no sales in months is mostly a rarely sold one or an item not yet
+    launched, so the factor is usually well below 1 (the cold-start slice of report.json measures how
+    well it works on the validation days). A level with fewer
+    than ``min_rows`` cold pairs in all cuts takes the factor of all levels pooled (1.0 when there is
+    no evidence at all). Factors are clipped to [0, 2].
+    """
+    num = np.zeros(len(LEVELS))
+    den = np.zeros(len(LEVELS))
+    rows = np.zeros(len(LEVELS), np.int64)
+    cuts = [c for c in range(last_cut, first_cut - 1, -every) if c >= LAG_WINDOW_DAYS and c + horizon <= m.log_sales.shape[1]]
+    for c in cuts:
+        warm = (m.sales[:, :c] > 0).any(axis=1)
+        if warm.all() or not warm.any():
+            continue
+        cold = np.flatnonzero(~warm)
+        w = m.log_sales[warm, c - LAG_WINDOW_DAYS : c]
+        fb = Fallback.build(tables, m.store_nbr[warm], m.item_nbr[warm], w, m.dates[c - 1])  # unscaled
+        levels, win = fb.windows_for(tables, m.store_nbr[cold], m.item_nbr[cold])
+        ref = win[:, -14:].astype(np.float64).mean(axis=1)
+        actual = m.log_sales[cold, c : c + horizon].astype(np.float64).mean(axis=1)
+        for k, level in enumerate(LEVELS):
+            at = levels == level
+            num[k] += actual[at].sum()
+            den[k] += ref[at].sum()
+            rows[k] += int(at.sum())
+    pooled = num.sum() / den.sum() if den.sum() > 0 and rows.sum() >= min_rows else 1.0
+    scale = np.array([num[k] / den[k] if rows[k] >= min_rows and den[k] > 0 else pooled for k in range(len(LEVELS))])
+    scale = np.clip(scale, 0.0, 2.0).astype(np.float32)
+    info = {
+        "cuts": len(cuts),
+        "every_days": every,
+        "levels": {level: {"scale": round(float(scale[k]), 4), "cold_pairs_seen": int(rows[k])} for k, level in enumerate(LEVELS)},
+    }
+    return scale, info
 
 
 def prepare(
@@ -233,9 +286,13 @@ def prepare(
     warm = (m.sales[:, :valid_start] > 0).any(axis=1)
     levels = np.full(n_pairs, "", dtype=object)
     cold_windows = None
+    # the factors come from cuts in the second half of the training period (targets before the split)
+    scale, calibration = calibrate_fallback(
+        tables, m, first_cut=train_start + (valid_start - train_start) // 2, last_cut=valid_start - horizon, horizon=horizon
+    )
     if not warm.all() and warm.any():
         w = m.log_sales[warm, valid_start - LAG_WINDOW_DAYS : valid_start]
-        fb = Fallback.build(tables, m.store_nbr[warm], m.item_nbr[warm], w, m.dates[valid_start - 1])
+        fb = Fallback.build(tables, m.store_nbr[warm], m.item_nbr[warm], w, m.dates[valid_start - 1], level_scale=scale)
         lv, win = fb.windows_for(tables, m.store_nbr[~warm], m.item_nbr[~warm])
         levels[~warm] = lv
         cold_windows = np.full((n_pairs, LAG_WINDOW_DAYS), np.nan, np.float32)
@@ -269,4 +326,6 @@ def prepare(
         valid=valid,
         train_window=(fmt(train_start), fmt(valid_start - 1)),
         valid_window=(fmt(valid_start), fmt(n_days - 1)),
+        fallback_scale=scale,
+        fallback_calibration=calibration,
     )

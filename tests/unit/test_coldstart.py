@@ -3,6 +3,7 @@ the trainer's fallback windows through the same encoding, marked per row and cou
 
 from __future__ import annotations
 
+import io
 
 import httpx
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from cloud.data import loader as favorita
 from cloud.data.synth import generate
-from cloud.training.prepare import prepare
+from cloud.training.prepare import SalesMatrix, calibrate_fallback, prepare
 from edge.agent import Agent
 from edge.config import AgentConfig
 from edge.monitoring.metrics import AgentMetrics
@@ -62,6 +63,56 @@ def test_fallback_levels_windows_and_round_trip():
     np.testing.assert_array_equal(back.item_nbr, fb.item_nbr)
     with pytest.raises(ValueError, match="at least one pair"):
         Fallback.build(t, np.array([], np.int64), np.array([], np.int64), np.zeros((0, LAG_WINDOW_DAYS)), state.end_date)
+
+
+def test_level_scale_is_served_round_trips_and_defaults_for_older_bundles():
+    t, state = tables(), sample_state()
+    scale = np.array([0.5, 0.25, 0.2, 0.1], np.float32)
+    plain = Fallback.build(t, state.store_nbr, state.item_nbr, state.window, state.end_date)
+    fb = plain.with_scale(scale)
+    for (store, item), level, _ in COLD:
+        np.testing.assert_allclose(fb.lookup(t, store, item)[1], plain.lookup(t, store, item)[1] * scale[LEVELS.index(level)], rtol=1e-6)
+    np.testing.assert_array_equal(Fallback.from_bytes(fb.to_bytes()).level_scale, scale)
+    # a fallback.npz written before the factors existed: the group means as they are
+    buf = io.BytesIO()
+    old = {f: getattr(plain, f) for f in ("item_nbr", "item_window", "family_store_key", "family_store_window",
+                                          "family_type_key", "family_type_window", "global_window")}  # fmt: skip
+    np.savez_compressed(buf, end_date=np.array(str(plain.end_date)), **old)
+    np.testing.assert_array_equal(Fallback.from_bytes(buf.getvalue()).level_scale, np.ones(len(LEVELS)))
+    for bad in ([1.0, 1.0], [1.0, -0.1, 1.0, 1.0], [np.nan, 1, 1, 1]):
+        with pytest.raises(ValueError, match="level_scale"):
+            plain.with_scale(np.array(bad, np.float32))
+
+
+def test_calibration_learns_what_cold_pairs_went_on_to_sell():
+    """Two established DAIRY pairs sell log1p = 2 every day; a new DAIRY item launches on day 150 at
+    store 1 and sells the same. At a cut before the launch the new pair is cold (family_store level,
+    window mean 2): its factor is the share of the 16 days after each cut on which it sold."""
+    t = tables()
+    n_days, launch, horizon = 200, 150, 16
+    log = np.full((3, n_days), 2.0, np.float32)
+    log[2, :launch] = 0.0
+    m = SalesMatrix(
+        store_nbr=np.array([1, 1, 1]), item_nbr=np.array([103520, 105574, 999002]),
+        dates=np.datetime64("2017-01-01") + np.arange(n_days), log_sales=log, sales=np.expm1(log).astype(np.float64),
+        promo=np.zeros((3, n_days), np.float32),
+    )  # fmt: skip
+    t = Tables.from_records(
+        stores=CATALOGUE_STORES,
+        items=[{**i, "family": "DAIRY"} for i in CATALOGUE_ITEMS],
+        holidays=HOLIDAYS,
+    )
+    scale, info = calibrate_fallback(t, m, first_cut=100, last_cut=180, horizon=horizon, min_rows=1)
+    cuts = [c for c in range(180, 99, -7)]
+    cold = [c for c in cuts if c <= launch]  # no sale before the cut
+    expected = np.mean([np.clip(c + horizon - launch, 0, horizon) / horizon for c in cold])
+    k = LEVELS.index("family_store")
+    assert info["levels"]["family_store"]["cold_pairs_seen"] == len(cold)
+    assert scale[k] == pytest.approx(expected, rel=1e-5)
+    # levels without evidence take the pooled factor (here the same); without any cold pair: 1.0
+    assert scale[LEVELS.index("global")] == pytest.approx(expected, rel=1e-5)
+    ones, _ = calibrate_fallback(t, m, first_cut=151, last_cut=180, horizon=horizon, min_rows=1)
+    np.testing.assert_array_equal(ones, np.ones(len(LEVELS)))
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +187,14 @@ def test_metrics_count_fallback_rows_by_level():
     assert 'edgeship_fallback_rows_total{level="global"} 1.0' in text
 
 
-def test_trainer_validates_cold_pairs_as_the_agent_serves_them(tmp_path):
+def test_trainer_validates_cold_pairs_as_the_agent_serves_them(tmp_path, monkeypatch):
     """Pairs that sold nothing before the split: the trainer's validation rows and the agent's
-    encoding of the same rows (bundle state = the warm pairs, fallback built at the split) agree."""
+    encoding of the same rows (bundle state = the warm pairs, fallback built at the split, served
+    with the factors the trainer learnt) agree."""
+    import cloud.training.prepare as prepare_module
+
+    factors = np.array([0.6, 0.3, 0.2, 0.1], np.float32)  # this small world has too few cold pairs to learn them
+    monkeypatch.setattr(prepare_module, "calibrate_fallback", lambda *a, **k: (factors, {}))
     generate(tmp_path / "data", stores=3, items=12, days=160, seed=11)
     loaded = favorita.load(tmp_path / "data", progress=False)
     rows, _ = favorita.clean(loaded.train)
@@ -159,7 +215,11 @@ def test_trainer_validates_cold_pairs_as_the_agent_serves_them(tmp_path):
     warm = np.setdiff1d(np.arange(len(m.store_nbr)), cold_pairs)
     state = SalesState(m.store_nbr[warm], m.item_nbr[warm], m.log_sales[warm, start - LAG_WINDOW_DAYS : start], m.dates[start - 1])
     private, public = generate_keypair()
-    bundle, _ = build_bundle(tmp_path / "b.bundle.tar", private, tables=prep.tables, state=state, fallback=True, max_batch=4096)
+    # the factors the trainer learnt before the split ship with the windows
+    np.testing.assert_array_equal(prep.fallback_scale, factors)
+    bundle, _ = build_bundle(
+        tmp_path / "b.bundle.tar", private, tables=prep.tables, state=state, fallback=prep.fallback_scale, max_batch=4096
+    )
     instances = [
         {"date": str(m.dates[d]), "store_nbr": int(m.store_nbr[p]), "item_nbr": int(m.item_nbr[p]), "onpromotion": bool(m.promo[p, d])}
         for p, d in zip(valid.pair.tolist(), valid.day.tolist(), strict=True)
