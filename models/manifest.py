@@ -16,6 +16,7 @@ from models.strict import Strict
 
 from models.contract import CAT_FEATURES, CONTRACT_VERSION, LAG_WINDOW_DAYS, NUM_FEATURES
 from models.messages import Identifier, Sha256Hex
+from models.variants import NAME_PATTERN
 
 __all__ = [
     "MANIFEST_SCHEMA_VERSION",
@@ -73,7 +74,7 @@ class ContractInfo(_Strict):
 
 
 class Variant(_Strict):
-    name: str = Field(pattern=r"^(tflite|onnx)-(fp32|fp16|dynamic|int8)$")
+    name: str = Field(pattern=NAME_PATTERN, description="A variant of models.variants (its one table).")
     runtime: Literal["litert", "onnxruntime"]
     file: str
     precision: str

@@ -8,7 +8,13 @@ agent pick a runtime plugin by it, and configuration validates variant names aga
 >>> spec("onnx-fp16")
 Traceback (most recent call last):
 ...
-ValueError: unknown variant 'onnx-fp16': must be one of tflite-fp32, tflite-fp16, tflite-dynamic, tflite-int8, onnx-fp32, onnx-int8
+ValueError: unknown variant 'onnx-fp16': must be one of tflite-fp32, tflite-fp16, tflite-dynamic, tflite-int8, onnx-fp32, onnx-int8, onnx-lightgbm
+
+Every variant but one is an export of the trainer's Keras network. ``onnx-lightgbm`` is the
+LightGBM model the trainer fits as its strongest baseline, converted with onnxmltools: the trainer
+ships it (first) only when it forecasts better than the Keras variant a device would run
+(:mod:`cloud.training.pipeline`); it takes the same ``cat``/``num`` inputs, so a device serves it
+through the same encoding path and ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class VariantSpec:
     format: Format
     precision: Literal["fp32", "fp16", "dynamic", "int8"]
     runtimes: tuple[str, ...]  # runtime plugins (edge.runtimes.REGISTRY names) that run it, preferred first
+    source: Literal["keras", "lightgbm"] = "keras"  # the trained model it is a form of
 
     @property
     def suffix(self) -> str:
@@ -53,6 +60,7 @@ VARIANTS: dict[str, VariantSpec] = {
         VariantSpec("tflite-int8", "tflite", "int8", _TFLITE),
         VariantSpec("onnx-fp32", "onnx", "fp32", _ONNX),
         VariantSpec("onnx-int8", "onnx", "int8", _ONNX),
+        VariantSpec("onnx-lightgbm", "onnx", "fp32", _ONNX, source="lightgbm"),
     )
 }
 NAMES: tuple[str, ...] = tuple(VARIANTS)

@@ -4,7 +4,9 @@
   the id inputs stay int32, activations and weights are int8, the float interface is kept;
 * dynamic-range models disable per-channel quantisation of dense layers so they also load in the
   legacy tflite-runtime 2.14 on old Raspberry Pi images;
-* ONNX goes through tf2onnx (opset 17); int8 is onnxruntime's dynamic quantisation.
+* ONNX goes through tf2onnx (opset 17); int8 is onnxruntime's dynamic quantisation;
+* ``onnx-lightgbm``: the LightGBM baseline through onnxmltools, wrapped to take the same ``cat``
+  (int32) and ``num`` inputs and to clip at 0 as the baseline does (:func:`export_lightgbm`).
 
 Every function returns the model's bytes; nothing here decides what ships (see :mod:`cloud.training.gates`).
 """
@@ -27,7 +29,7 @@ from models.contract import CAT_FEATURES, NUM_FEATURES
 from models.features import Encoded
 from models.variants import VARIANTS
 
-__all__ = ["VARIANT_FILES", "export_tflite", "export_onnx", "export_all"]
+__all__ = ["VARIANT_FILES", "export_tflite", "export_onnx", "export_lightgbm", "export_all"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,49 @@ def export_onnx(model: Any, precision: str) -> bytes:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
         return dst.read_bytes()
+
+
+def export_lightgbm(booster: Any) -> bytes:
+    """A LightGBM booster trained on ``[cat as float, num]`` (:func:`cloud.training.baselines.lightgbm`)
+    as one ONNX model with the Keras exports' interface: inputs ``cat`` int32 [N, 8] and ``num``
+    float32 [N, 22], output log1p(sales) [N, 1], clipped at 0. Categorical splits are kept (the
+    converter expands them into equality branches)."""
+    import onnx
+    from onnx import TensorProto, helper
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    width = len(CAT_FEATURES) + len(NUM_FEATURES)
+    if booster.num_feature() != width:
+        raise ValueError(f"the booster has {booster.num_feature()} features, the model's inputs {width}")
+    with _quiet_converters():
+        trees = convert_lightgbm(booster, initial_types=[("features", FloatTensorType([None, width]))], target_opset=15, zipmap=False)
+    inner = trees.graph
+    (tree_out,) = [o.name for o in inner.output]
+    nodes = [
+        helper.make_node("Cast", ["cat"], ["cat_float"], to=TensorProto.FLOAT, name="cat_to_float"),
+        helper.make_node("Concat", ["cat_float", "num"], ["features"], axis=1, name="features"),
+        *inner.node,
+        helper.make_node("Relu", [tree_out], ["log_sales"], name="clip_at_zero"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "lightgbm",
+        inputs=[
+            helper.make_tensor_value_info("cat", TensorProto.INT32, [None, len(CAT_FEATURES)]),
+            helper.make_tensor_value_info("num", TensorProto.FLOAT, [None, len(NUM_FEATURES)]),
+        ],
+        outputs=[helper.make_tensor_value_info("log_sales", TensorProto.FLOAT, [None, 1])],
+        initializer=list(inner.initializer),
+    )
+    opsets = {o.domain: o.version for o in trees.opset_import}
+    opsets[""] = max(opsets.get("", 0), 14)  # Relu, Cast and Concat as of opset 14
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()], producer_name="edgeship"
+    )
+    model.ir_version = trees.ir_version
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
 @contextlib.contextmanager

@@ -90,8 +90,10 @@ def parity_gate(
     log_true: np.ndarray,
     perishable: np.ndarray,
     tolerance: Tolerance,
+    reference: str = "Keras",
 ) -> Verdict:
-    """Compare a variant's validation predictions with Keras' against the recipe's tolerance."""
+    """Compare a variant's validation predictions with those of the model it was exported from
+    (``reference``: Keras, or LightGBM for ``onnx-lightgbm``) against the recipe's tolerance."""
     ref = score(log_true, keras_pred, perishable)["nwrmsle"]
     got = score(log_true, variant_pred, perishable)["nwrmsle"]
     diff = np.abs(np.asarray(variant_pred, np.float64) - np.asarray(keras_pred, np.float64))
@@ -107,7 +109,7 @@ def parity_gate(
     problems = []
     if increase > tolerance.max_nwrmsle_increase:
         problems.append(
-            f"NWRMSLE {got:.4f} is {increase:+.2%} against Keras {ref:.4f} (allowed +{tolerance.max_nwrmsle_increase:.2%})"
+            f"NWRMSLE {got:.4f} is {increase:+.2%} against {reference} {ref:.4f} (allowed +{tolerance.max_nwrmsle_increase:.2%})"
         )
     if figures["p99_abs_diff"] > tolerance.max_p99_abs_diff:
         problems.append(
@@ -117,6 +119,6 @@ def parity_gate(
         return Verdict(False, f"{variant} not shipped: " + "; ".join(problems), figures)
     return Verdict(
         True,
-        f"{variant} agrees with Keras: NWRMSLE {increase:+.3%}, p99 |diff| {figures['p99_abs_diff']:.2g}",
+        f"{variant} agrees with {reference}: NWRMSLE {increase:+.3%}, p99 |diff| {figures['p99_abs_diff']:.2g}",
         figures,
     )

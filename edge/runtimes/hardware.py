@@ -10,7 +10,10 @@ device's configuration first, then by its hardware:
 - an ARM CPU (Raspberry Pi, Jetson's CPU side, armv7 boards) → smallest integer TFLite first:
   ``tflite-int8``, ``tflite-dynamic``, ``tflite-fp16``, ``tflite-fp32``, then ``onnx-int8``,
   ``onnx-fp32`` (LiteRT's XNNPACK int8 kernels are the fast path there, and the footprint is half);
-- any other CPU → the bundle's own order (the trainer's recipe ``variant_preference``).
+- any other CPU → the bundle's own order (the trainer's recipe ``variant_preference``);
+- whatever the hardware, a bundle that leads with another model than the Keras network's exports
+  (``onnx-lightgbm``: the trainer found it forecasts better, :mod:`models.variants`) keeps it first,
+  after the configured variants: the choice of model is the trainer's, the choice of form the device's.
 
 The predictor then loads the first candidate whose runtime is available and passes warm-up, and
 the agent reports what it got — variant, runtime and providers — in ``/healthz``, the MQTT state
@@ -35,6 +38,8 @@ import logging
 import os
 import platform
 from collections.abc import Sequence
+
+from models.variants import VARIANTS
 
 __all__ = ["Hardware", "Choice", "detect", "choose", "ARM_MACHINES", "ARM_ORDER"]
 
@@ -115,6 +120,8 @@ def choose(
         preferred, reason = list(ARM_ORDER), "arm_cpu"
     else:
         preferred, reason = names, "bundle"
+    if names and names[0] in VARIANTS and VARIANTS[names[0]].source != "keras":
+        preferred, reason = [names[0], *preferred], f"model:{VARIANTS[names[0]].source}+{reason}"
     if configured_variants:
         preferred = [*configured_variants, *preferred]
         reason = f"config+{reason}"

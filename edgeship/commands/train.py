@@ -61,6 +61,9 @@ def summary(report: dict) -> str:
         if name in parity:
             verdict = "shipped" if parity[name]["shipped"] else "not shipped: " + parity[name]["message"]
         lines.append(f"{name:<16} {m['nwrmsle']:>8.4f} {m['r2']:>7.3f}  {verdict}")
+    choice = report.get("model_choice")
+    if choice and report.get("shipped_variants"):
+        lines.append(f"shipped first: {report['shipped_variants'][0]} ({choice['shipped_model']}: {choice['reason']})")
     lines.append(f"bundle: {report['bundle']}")
     if report.get("run_id"):
         lines.append(f"run: {report['run_id']} (edgeship runs show {report['run_id']})")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
 from typing import Literal
 
 from pydantic import Field
@@ -106,6 +105,12 @@ class Recipe(_Strict):
     baselines: Baselines
     tolerances: dict[str, Tolerance] = Field(description="Parity tolerance per export variant.")
     variant_preference: list[str] = Field(description="Order in which an agent prefers shipped variants.")
+    lightgbm_variant: Literal["if_better", "always", "never"] = Field(
+        default="if_better",
+        description="Ship the LightGBM baseline as onnx-lightgbm: 'if_better' (first, when its validation "
+        "NWRMSLE beats the Keras variant a device would run and it passes the store-type gate), 'always' "
+        "(first when better, else last), 'never'.",
+    )
 
 
 def load_recipe(name_or_path: str | Path = "favorita_demand") -> Recipe:

@@ -93,6 +93,21 @@ def test_gpu_provider_prefers_float_onnx():
     assert cpu_only.order == ALL and cpu_only.providers == [CPU] and cpu_only.reason == "bundle"
 
 
+def test_a_bundle_leading_with_another_model_keeps_it_first_on_any_hardware():
+    """The trainer ships onnx-lightgbm first only when it forecasts better: the device keeps the model
+    choice (on an ARM CPU, a GPU box or a plain CPU) and orders the Keras exports behind it."""
+    bundle = ["onnx-lightgbm", *ALL]
+    arm = choose(bundle, hw("aarch64"))
+    assert arm.order == ["onnx-lightgbm", *ARM_ORDER] and arm.reason == "model:lightgbm+arm_cpu"
+    gpu = choose(bundle, hw("x86_64", (CUDA, CPU)))
+    assert gpu.order[:2] == ["onnx-lightgbm", "onnx-fp32"] and gpu.reason == f"model:lightgbm+gpu:{CUDA}"
+    assert choose(bundle, hw()).order == bundle
+    # shipped last (recipe lightgbm_variant "always", not better): the hardware order, LightGBM last
+    assert choose([*ALL, "onnx-lightgbm"], hw("aarch64")).order == [*ARM_ORDER, "onnx-lightgbm"]
+    # a configured variant still comes first
+    assert choose(bundle, hw("aarch64"), configured_variants=["tflite-int8"]).order[:2] == ["tflite-int8", "onnx-lightgbm"]
+
+
 def test_configuration_comes_before_hardware():
     c = choose(ALL, hw("aarch64"), configured_variants=["onnx-fp32"])
     assert c.order[0] == "onnx-fp32" and c.order[1:] == [v for v in ARM_ORDER if v != "onnx-fp32"]

@@ -78,7 +78,7 @@ def test_lightgbm_chooses_rounds_and_refits_on_at_most_lightgbm_max_rows(prep: P
 
     monkeypatch.setattr(lgb, "train", spy)
     caps = Caps()
-    pred, info = baselines.lightgbm(prep, seed=1, max_rounds=5, max_rows=200, caps=caps)
+    pred, info, _ = baselines.lightgbm(prep, seed=1, max_rounds=5, max_rows=200, caps=caps)
     assert seen == [200, 200] and len(pred) == len(prep.valid) and 1 <= info["rounds"] <= 5  # the probe and the refit
     assert caps.as_dict()["baseline-lightgbm"] == {"limit": 200, "rows": len(prep.train), "used": 200, "applied": True}
 
