@@ -644,16 +644,24 @@ def serve_bundles(
     """``edgeship serve-bundles``: keep ``bundles``' chunks retained and answer chunk requests until ``stop``.
 
     ``chunk_size`` None: each bundle is cut as the retained announcement of its model declares (when
-    that announcement is for this bundle), else in :data:`DEFAULT_CHUNK_SIZE` chunks; a device's chunk
-    request names the chunking of its signed announcement anyway, and is answered in it."""
+    that announcement is for this bundle) and its chunks are published retained in that chunking; a
+    bundle nothing announces yet is only served on request (its chunk topics are left alone: a
+    publisher may be putting them there in its own chunking right now, and retained chunks of another
+    size would make every device abort the transfer). A device's chunk request names the chunking of
+    its signed announcement anyway, and is answered in it."""
     stop = stop or threading.Event()
     prepared = [read_bundle(p, chunk_size or DEFAULT_CHUNK_SIZE) for p in bundles]
     with Publisher(broker, fleet=fleet).connect() as pub:
         for i, b in enumerate(prepared):
+            announced = True
             if chunk_size is None:
-                b = prepared[i] = b.rechunked(_announced_chunk_size(pub, fleet, b) or b.chunk_size)
-            if republish:
+                declared = _announced_chunk_size(pub, fleet, b)
+                announced = declared is not None
+                b = prepared[i] = b.rechunked(declared or b.chunk_size)
+            if republish and announced:
                 pub.put_chunks(b)
+            elif republish:
+                logger.info("%s v%d is not announced yet: its chunks are sent on request only", b.model, b.version)
             pub.serve(b)
             logger.info("serving %s v%d (%s, %d chunks)", b.model, b.version, b.bundle_id, len(b.chunk_sha256))
         while not stop.wait(0.5):

@@ -65,8 +65,13 @@ def test_report_has_every_metric_and_verdict(trained: dict) -> None:
     assert report["metrics"]["keras"]["nwrmsle"] < report["metrics"]["baseline-rf"]["nwrmsle"]
     assert report["metrics"]["keras"]["nwrmsle"] < report["metrics"]["baseline-ma-dow"]["nwrmsle"]
     parity = report["gates"]["parity"]
-    assert set(parity) == {"tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx-fp32", "onnx-int8"}
+    assert set(parity) == {"tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx-fp32", "onnx-int8", "onnx-lightgbm"}
     assert parity["tflite-fp32"]["shipped"] and parity["onnx-fp32"]["shipped"]
+    # LightGBM's ONNX export agrees with LightGBM; it ships (first) exactly when it beat tflite-int8
+    lgb, m = parity["onnx-lightgbm"], report["metrics"]
+    assert lgb["passed"] and lgb["p99_abs_diff"] < 1e-3  # a rare row may sit on a split (float vs double thresholds)
+    better = m["onnx-lightgbm"]["nwrmsle"] < m["tflite-int8"]["nwrmsle"] and report["model_choice"]["store_type_gate"]
+    assert lgb["shipped"] == better == (report["shipped_variants"][0] == "onnx-lightgbm")
     assert parity["tflite-fp32"]["p99_abs_diff"] < 1e-3
     assert report["bundle"].endswith("favorita-demand-v1.bundle.tar") and Path(report["bundle"]).is_file()
 
