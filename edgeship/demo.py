@@ -203,6 +203,9 @@ def run_demo(*, once: bool = False, broker: str | None = None, workdir: Path | N
               f"baseline-rf {rep['metrics']['baseline-rf']['nwrmsle']:.4f}, "
               f"baseline-ma-dow {rep['metrics']['baseline-ma-dow']['nwrmsle']:.4f}; "
               f"shipped {', '.join(rep['shipped_variants'])}")  # fmt: skip
+        first = rep["shipped_variants"][0]
+        print(f"[demo] devices run {first} first (NWRMSLE {rep['metrics'][first]['nwrmsle']:.4f}; "
+              f"{rep.get('model_choice', {}).get('reason', '')})")  # fmt: skip
 
         embedded = None
         if broker is None:
